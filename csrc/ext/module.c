@@ -1,0 +1,129 @@
+/* piston._piston: multi-phase module init, state traversal, and module-level
+ * functions that belong to no engine. */
+#include "ext/module.h"
+#include "core/pn_features.h"
+#include "core/pn_fork.h"
+
+#include <stddef.h>
+
+/* Every PyObject* field of pn_state, for traverse/clear (plain C fields
+ * such as flags are simply not listed). */
+#define PN_STATE_OBJECTS(X)                                                  \
+    X(PistonError) X(BrokenPool) X(BrokenThreadPool) X(BrokenProcessPool)   \
+    X(WorkerCrashedError) X(TaskTimeoutError) X(CancelledError)             \
+    X(InvalidStateError) X(cf_logger) X(FutureCoreType) X(FutureType)       \
+    X(RLockType) X(state_names[0]) X(state_names[1]) X(state_names[2])      \
+    X(state_names[3]) X(state_names[4]) X(str_acquire) X(str_release)       \
+    X(str_add_result) X(str_add_exception) X(str_add_cancelled)             \
+    X(str_exception) X(str_critical) X(ThreadPoolCoreType) X(MapJobType)    \
+    X(MapIteratorType)
+
+static int
+module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    pn_state *st = PyModule_GetState(m);
+#define VISIT(f) Py_VISIT(st->f);
+    PN_STATE_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+module_clear(PyObject *m)
+{
+    pn_state *st = PyModule_GetState(m);
+#define CLEAR(f) Py_CLEAR(st->f);
+    PN_STATE_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
+PyDoc_STRVAR(kernel_features_doc,
+"kernel_features() -> dict\n\n"
+"Which Linux features piston found, each tried for real: epoll, eventfd,\n"
+"memfd, pidfd, futex, timerfd.");
+
+static PyObject *
+kernel_features(PyObject *m, PyObject *Py_UNUSED(arg))
+{
+    static const struct { const char *name; unsigned bit; } table[] = {
+        {"epoll", PN_FEAT_EPOLL}, {"eventfd", PN_FEAT_EVENTFD},
+        {"memfd", PN_FEAT_MEMFD}, {"pidfd", PN_FEAT_PIDFD},
+        {"futex", PN_FEAT_FUTEX}, {"timerfd", PN_FEAT_TIMERFD},
+    };
+    unsigned mask = pn_features_probe();
+    PyObject *d = PyDict_New();
+    (void)m;
+    if (d == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+        if (PyDict_SetItemString(d, table[i].name,
+                                 (mask & table[i].bit) ? Py_True
+                                                       : Py_False) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+static PyMethodDef module_methods[] = {
+    {"kernel_features", kernel_features, METH_NOARGS, kernel_features_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+module_exec(PyObject *m)
+{
+    pn_state *st = PyModule_GetState(m);
+    int err = pn_fork_init();
+    if (err < 0) {
+        pn_raise_errno(-err);
+        return -1;
+    }
+    if (pn_errors_exec(m, st) < 0 || pn_future_exec(m, st) < 0
+        || pn_threadpool_exec(m, st) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* One instance per interpreter is fine, but the engines' threads call
+     * back into the interpreter that created them, so no per-interpreter
+     * GIL until that has been audited. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    /* Not audited for free-threading yet: keep the GIL enabled. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+PyModuleDef pn_moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "piston._piston",
+    .m_doc = "piston's C engines: futures, thread pool.",
+    .m_size = sizeof(pn_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__piston(void)
+{
+    return PyModuleDef_Init(&pn_moduledef);
+}

@@ -1,0 +1,63 @@
+/* Module state of piston._piston and the hooks each binding file provides. */
+#ifndef PN_MODULE_H
+#define PN_MODULE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* Everything Python-level the extension keeps lives here (PEP 489/573):
+ * no static PyObject anywhere.  Grouped by the file that owns the field;
+ * each file's exec hook fills its group and module_traverse/clear in
+ * module.c visit every PyObject field. */
+typedef struct pn_state {
+    /* errors.c */
+    PyObject *PistonError;
+    PyObject *BrokenPool;
+    PyObject *BrokenThreadPool;
+    PyObject *BrokenProcessPool;
+    PyObject *WorkerCrashedError;
+    PyObject *TaskTimeoutError;
+    PyObject *CancelledError;       /* concurrent.futures.CancelledError */
+    PyObject *InvalidStateError;    /* concurrent.futures.InvalidStateError */
+    PyObject *cf_logger;            /* logging.getLogger("concurrent.futures") */
+
+    /* future.c */
+    PyTypeObject *FutureCoreType;   /* the C base */
+    PyTypeObject *FutureType;       /* piston.Future(FutureCore, cf.Future) */
+    PyObject *RLockType;            /* _thread.RLock, for Future._condition */
+    PyObject *state_names[5];       /* 'PENDING', ... as concurrent.futures */
+    PyObject *str_acquire;
+    PyObject *str_release;
+    PyObject *str_add_result;
+    PyObject *str_add_exception;
+    PyObject *str_add_cancelled;
+    PyObject *str_exception;
+    PyObject *str_critical;
+
+    /* threadpool.c */
+    PyTypeObject *ThreadPoolCoreType;
+    PyTypeObject *MapJobType;
+    PyTypeObject *MapIteratorType;
+    int interpreter_exiting;        /* set by piston's threading atexit hook */
+} pn_state;
+
+extern PyModuleDef pn_moduledef;
+
+/* The state of the module that defined `tp` (or one of its bases). */
+static inline pn_state *
+pn_state_from_type(PyTypeObject *tp)
+{
+    PyObject *m = PyType_GetModuleByDef(tp, &pn_moduledef);
+    return m ? (pn_state *)PyModule_GetState(m) : NULL;
+}
+
+/* Per-file exec hooks, run in this order by module_exec. 0 or -1. */
+int pn_errors_exec(PyObject *m, pn_state *st);
+int pn_future_exec(PyObject *m, pn_state *st);
+int pn_threadpool_exec(PyObject *m, pn_state *st);
+
+/* Turns a negative errno from the engine into a Python exception (always
+ * returns NULL so callers can `return pn_raise_errno(-r);`). */
+PyObject *pn_raise_errno(int err);
+
+#endif

@@ -1,0 +1,45 @@
+"""piston: a runtime for Python concurrency written in C.
+
+Drop-ins for what Python code already calls:
+
+* :class:`piston.Future` -- a ``concurrent.futures.Future`` implemented in C,
+  shared by all of piston's engines;
+* :class:`piston.ThreadPoolExecutor` -- a ``concurrent.futures``
+  ``ThreadPoolExecutor`` whose workers wait for work without the GIL.
+
+Errors: :class:`PistonError` is the base of everything piston raises;
+:class:`BrokenThreadPool`, :class:`BrokenProcessPool`,
+:class:`WorkerCrashedError` and :class:`TaskTimeoutError` also subclass the
+standard library exceptions users already catch.
+"""
+import sys as _sys
+
+if not _sys.platform.startswith("linux"):  # pragma: no cover
+    raise ImportError("piston needs Linux (epoll, eventfd, memfd, pidfd, futex)")
+
+from piston._piston import (  # noqa: E402
+    BrokenPool,
+    BrokenProcessPool,
+    BrokenThreadPool,
+    Future,
+    PistonError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    kernel_features,
+)
+from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenPool",
+    "BrokenProcessPool",
+    "BrokenThreadPool",
+    "Future",
+    "PistonError",
+    "TaskTimeoutError",
+    "ThreadPoolExecutor",
+    "WorkerCrashedError",
+    "kernel_features",
+    "__version__",
+]
