@@ -1,0 +1,50 @@
+/* Tests the ready queue ring: FIFO across wrap-around and growth. */
+#include "core/pn_readyq.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CHECK(cond)                                                        \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__,         \
+                    __LINE__, #cond);                                      \
+            exit(1);                                                       \
+        }                                                                  \
+    } while (0)
+
+int
+main(void)
+{
+    pn_readyq q;
+    uintptr_t next_in = 1, next_out = 1;
+
+    pn_readyq_init(&q);
+    CHECK(pn_readyq_pop(&q) == NULL);
+    /* Interleave pushes and pops so the head wraps many times, and grow
+     * while wrapped. */
+    for (int round = 0; round < 2000; round++) {
+        int pushes = (round * 37) % 301, pops = (round * 53) % 290;
+        for (int i = 0; i < pushes; i++) {
+            CHECK(pn_readyq_push(&q, (void *)next_in++) == 0);
+        }
+        CHECK(pn_readyq_len(&q) == next_in - next_out);
+        if (pn_readyq_len(&q)) {
+            CHECK(pn_readyq_at(&q, 0) == (void *)next_out);
+            CHECK(pn_readyq_at(&q, pn_readyq_len(&q) - 1)
+                  == (void *)(next_in - 1));
+        }
+        for (int i = 0; i < pops && pn_readyq_len(&q); i++) {
+            CHECK(pn_readyq_pop(&q) == (void *)next_out++);
+        }
+    }
+    while (pn_readyq_len(&q)) {
+        CHECK(pn_readyq_pop(&q) == (void *)next_out++);
+    }
+    CHECK(next_in == next_out);
+    CHECK(pn_readyq_pop(&q) == NULL);
+    pn_readyq_destroy(&q);
+    printf("test_readyq: ok\n");
+    return 0;
+}
