@@ -9,6 +9,12 @@
  * no static PyObject anywhere.  Grouped by the file that owns the field;
  * each file's exec hook fills its group and module_traverse/clear in
  * module.c visit every PyObject field. */
+/* How many dead Handles the module keeps for reuse: enough for a burst of
+ * call_soon between two loop iterations without going to the allocator. */
+#define PN_HANDLE_POOL_SIZE 1024
+
+struct pn_handle;
+
 typedef struct pn_state {
     /* errors.c */
     PyObject *PistonError;
@@ -39,6 +45,18 @@ typedef struct pn_state {
     PyTypeObject *MapJobType;
     PyTypeObject *MapIteratorType;
     int interpreter_exiting;        /* set by piston's threading atexit hook */
+
+    /* loop */
+    PyTypeObject *HandleType;
+    PyTypeObject *TimerHandleType;
+    PyTypeObject *LoopCoreType;
+    PyObject *handle_repr;          /* piston._loop's Handle repr helper */
+    PyObject *aio_Future;           /* asyncio.Future, imported lazily */
+    PyObject *kwnames_loop;         /* ("loop",) for Future(loop=...) */
+    /* Dead handles kept for reuse (handle.c): no references held, not
+     * visited by traverse, freed by module_free. */
+    struct pn_handle *handle_pool[PN_HANDLE_POOL_SIZE];
+    int handle_pool_len;
 } pn_state;
 
 extern PyModuleDef pn_moduledef;
@@ -55,6 +73,11 @@ pn_state_from_type(PyTypeObject *tp)
 int pn_errors_exec(PyObject *m, pn_state *st);
 int pn_future_exec(PyObject *m, pn_state *st);
 int pn_threadpool_exec(PyObject *m, pn_state *st);
+int pn_handle_exec(PyObject *m, pn_state *st);
+int pn_loop_exec(PyObject *m, pn_state *st);
+
+/* handle.c: frees the pooled dead handles (module_free). */
+void pn_handle_pool_clear(pn_state *st);
 
 /* Turns a negative errno from the engine into a Python exception (always
  * returns NULL so callers can `return pn_raise_errno(-r);`). */

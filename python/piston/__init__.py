@@ -7,6 +7,9 @@ Drop-ins for what Python code already calls:
 * :class:`piston.ThreadPoolExecutor` -- a ``concurrent.futures``
   ``ThreadPoolExecutor`` whose workers wait for work without the GIL.
 
+* :func:`piston.run`, :func:`piston.new_event_loop`, :class:`piston.Loop`
+  -- an asyncio event loop written in C over epoll.
+
 Errors: :class:`PistonError` is the base of everything piston raises;
 :class:`BrokenThreadPool`, :class:`BrokenProcessPool`,
 :class:`WorkerCrashedError` and :class:`TaskTimeoutError` also subclass the
@@ -21,13 +24,29 @@ from piston._piston import (  # noqa: E402
     BrokenPool,
     BrokenProcessPool,
     BrokenThreadPool,
-    Future,
+    Handle,
     PistonError,
     TaskTimeoutError,
+    TimerHandle,
     WorkerCrashedError,
     kernel_features,
 )
-from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
+
+# TEMP(loop branch): Future and the thread pool land on main; drop this
+# guard when merging main.
+try:
+    from piston._piston import Future  # noqa: E402
+    from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
+except ImportError:  # pragma: no cover
+    pass
+
+from piston._loop import Loop, new_event_loop  # noqa: E402
+from piston._policy import install, run  # noqa: E402
+
+try:
+    from piston._policy import EventLoopPolicy  # noqa: E402
+except ImportError:  # pragma: no cover - Python without loop policies
+    pass
 
 __version__ = "0.1.0"
 
@@ -35,11 +54,18 @@ __all__ = [
     "BrokenPool",
     "BrokenProcessPool",
     "BrokenThreadPool",
+    "EventLoopPolicy",
     "Future",
+    "Handle",
+    "Loop",
     "PistonError",
     "TaskTimeoutError",
     "ThreadPoolExecutor",
+    "TimerHandle",
     "WorkerCrashedError",
+    "install",
     "kernel_features",
+    "new_event_loop",
+    "run",
     "__version__",
 ]

@@ -1,0 +1,88 @@
+/* The binding-level structs shared by loop.c and handle.c. */
+#ifndef PN_LOOP_H
+#define PN_LOOP_H
+
+#include "ext/module.h"
+#include "core/pn_poll.h"
+#include "core/pn_readyq.h"
+#include "core/pn_timerheap.h"
+#include "core/pn_wake.h"
+
+#include <stdint.h>
+
+/* asyncio.Handle / asyncio.TimerHandle in C.  One struct for both types so
+ * the pool can recycle either; `timer` is only used by TimerHandle. */
+typedef struct pn_handle {
+    PyObject_HEAD
+    PyObject *callback;         /* NULL once cancelled */
+    PyObject *args;             /* a tuple; NULL once cancelled */
+    PyObject *context;          /* contextvars.Context the callback runs in */
+    PyObject *loop;
+    PyObject *source_traceback; /* debug mode only, else NULL */
+    PyObject *repr;             /* debug mode: repr frozen at cancel() */
+    PyObject *weakreflist;
+    char cancelled;
+    pn_timer timer;             /* TimerHandle: deadline and heap slot */
+} pn_handle;
+
+/* What the loop knows about one fd. */
+typedef struct pn_fdslot {
+    pn_handle *reader;
+    pn_handle *writer;
+    unsigned mask;              /* PN_POLL_* interest registered */
+} pn_fdslot;
+
+#define PN_LOOP_MAX_EVENTS 256
+
+typedef struct pn_loop {
+    PyObject_HEAD
+    PyObject *weakreflist;
+    PyObject *dict;
+    pn_state *st;
+    pn_poll *poll;
+    pn_wake wake;
+    pn_timerheap timers;
+    pn_readyq ready;            /* owns one reference per queued handle */
+    pn_fdslot *fds;             /* indexed by fd, nfds long */
+    size_t nfds;
+    uint64_t fork_gen;          /* pn_fork_generation() at creation */
+    unsigned long thread_id;    /* running thread, 0 when not running */
+    char running;
+    char stopping;
+    char closed;
+    char debug;
+    double clock_resolution;
+    double slow_callback_duration;
+    /* loop.stats() */
+    uint64_t n_iterations;
+    uint64_t n_callbacks;
+    uint64_t n_timers_fired;
+    uint64_t n_io_events;
+    int64_t ns_polling;
+    int64_t ns_running;
+    pn_poll_event events[PN_LOOP_MAX_EVENTS];
+} pn_loop;
+
+/* handle.c */
+
+/* A new Handle (tp = st->HandleType) or TimerHandle (tp = st->TimerHandleType)
+ * for callback(*args) in context (NULL: a copy of the current one); args
+ * NULL means no arguments.  New reference or NULL with an exception. */
+pn_handle *pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
+                         PyObject *callback, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *context);
+
+/* Runs a live handle's callback in its context.  An exception is handed to
+ * loop._pn_callback_error (asyncio's "Exception in callback" report) and
+ * 0 is returned; -1 only for SystemExit/KeyboardInterrupt, left set. */
+int pn_handle_run(pn_handle *h);
+
+/* Drops the callback and args, marks cancelled; for a TimerHandle also
+ * takes it out of its loop's heap. */
+void pn_handle_cancel_core(pn_handle *h);
+
+
+/* loop.c: takes a timer out of the heap, dropping the heap's reference. */
+void pn__loop_timer_cancelled(pn_loop *loop, pn_handle *h);
+
+#endif
