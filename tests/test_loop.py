@@ -1,0 +1,880 @@
+"""piston.Loop against asyncio's own loop: every test body runs on both."""
+import asyncio
+import contextvars
+import gc
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+
+import pytest
+
+import piston
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYPATH = os.path.join(ROOT, "python")
+
+
+@pytest.fixture(params=["asyncio", "piston"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def loop(kind):
+    lp = asyncio.new_event_loop() if kind == "asyncio" else \
+        piston.new_event_loop()
+    yield lp
+    if not lp.is_closed():
+        lp.run_until_complete(lp.shutdown_default_executor())
+        lp.close()
+
+
+def run_script(code, timeout=30, **kw):
+    env = dict(os.environ, PYTHONPATH=PYPATH)
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+# Identity and entry points.
+
+def test_is_abstract_event_loop():
+    lp = piston.new_event_loop()
+    try:
+        assert isinstance(lp, asyncio.AbstractEventLoop)
+        assert isinstance(lp, piston.Loop)
+    finally:
+        lp.close()
+
+
+def test_entry_points():
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    assert piston.run(main()) is piston.Loop
+    with asyncio.Runner(loop_factory=piston.new_event_loop) as r:
+        assert r.run(main()) is piston.Loop
+    if sys.version_info >= (3, 12):
+        assert asyncio.run(main(), loop_factory=piston.new_event_loop) \
+            is piston.Loop
+
+
+def test_policy_and_install():
+    old = asyncio.get_event_loop_policy()
+    try:
+        piston.install()
+        lp = asyncio.new_event_loop()
+        assert isinstance(lp, piston.Loop)
+        lp.close()
+        assert isinstance(asyncio.get_event_loop_policy(),
+                          piston.EventLoopPolicy)
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_run_debug_flag():
+    async def main():
+        return asyncio.get_running_loop().get_debug()
+
+    assert piston.run(main(), debug=True) is True
+    assert piston.run(main(), debug=False) is False
+
+
+# Scheduling.
+
+def test_call_soon_order_and_args(loop):
+    out = []
+    loop.call_soon(out.append, 1)
+    loop.call_soon(lambda a, b: out.append(a + b), 2, 3)
+    h = loop.call_soon(out.append, "x")
+    h.cancel()
+    assert h.cancelled()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [1, 5]
+
+
+def test_call_soon_context(loop):
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+    seen = []
+    h = loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    if hasattr(h, "get_context"):     # 3.12+ on asyncio
+        assert h.get_context() is ctx
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["in ctx", "default"]
+
+
+def test_call_soon_bad_callbacks(loop):
+    async def coro():
+        pass
+
+    # asyncio checks only in debug mode; piston always does.
+    loop.set_debug(True)
+    with pytest.raises(TypeError, match="coroutines cannot be used"):
+        loop.call_soon(coro)
+    c = coro()
+    with pytest.raises(TypeError):
+        loop.call_soon(c)
+    c.close()
+    with pytest.raises(TypeError, match="a callable object was expected"):
+        loop.call_soon(42)
+    with pytest.raises(TypeError):
+        loop.call_soon(print, bogus=1)
+
+
+def test_timers_order_and_ties(loop):
+    out = []
+    now = loop.time()
+    for i in range(5):
+        loop.call_at(now + 0.02, out.append, i)
+    loop.call_at(now + 0.01, out.append, "first")
+    h = loop.call_later(0.015, out.append, "cancelled")
+    assert isinstance(h, asyncio.TimerHandle) if isinstance(
+        loop, asyncio.BaseEventLoop) else isinstance(h, piston.TimerHandle)
+    assert h.when() == pytest.approx(now + 0.015, abs=0.005)
+    h.cancel()
+    loop.call_at(now + 0.03, loop.stop)
+    loop.run_forever()
+    if isinstance(loop, piston.Loop):
+        # piston breaks deadline ties by scheduling order.
+        assert out == ["first", 0, 1, 2, 3, 4]
+    else:
+        # asyncio's heapq does not promise any order among equal deadlines.
+        assert out[0] == "first" and sorted(out[1:]) == [0, 1, 2, 3, 4]
+
+
+def test_timer_accuracy_submillisecond(loop):
+    delays = []
+
+    async def main():
+        for _ in range(20):
+            t0 = loop.time()
+            await asyncio.sleep(0.0005)
+            delays.append(loop.time() - t0)
+
+    loop.run_until_complete(main())
+    assert min(delays) >= 0.0005 - 1e-6
+
+
+def test_time_is_monotonic(loop):
+    a = time.monotonic()
+    b = loop.time()
+    c = time.monotonic()
+    assert a <= b <= c
+
+
+def test_call_later_none(loop):
+    with pytest.raises(TypeError):
+        loop.call_later(None, print)
+    with pytest.raises(TypeError):
+        loop.call_at(None, print)
+
+
+def test_call_soon_threadsafe(loop):
+    got = []
+
+    def worker():
+        time.sleep(0.05)
+        loop.call_soon_threadsafe(got.append, threading.get_ident())
+        loop.call_soon_threadsafe(loop.stop)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    loop.run_forever()
+    t.join()
+    assert got == [t.ident]
+
+
+def test_many_threadsafe_calls(loop):
+    n = 2000
+    fut = loop.create_future()
+    count = [0]
+
+    def inc():
+        count[0] += 1
+        if count[0] == n:
+            fut.set_result(None)
+
+    def worker():
+        for _ in range(n // 2):
+            loop.call_soon_threadsafe(inc)
+
+    ts = [threading.Thread(target=worker) for _ in range(2)]
+    for t in ts:
+        t.start()
+    loop.run_until_complete(asyncio.wait_for(fut, 10))
+    for t in ts:
+        t.join()
+    assert count[0] == n
+
+
+def test_handle_repr(loop):
+    def cb(x):
+        pass
+
+    h = loop.call_soon(cb, 1)
+    assert repr(h).startswith("<Handle test_handle_repr.<locals>.cb(1)")
+    h.cancel()
+    assert "cancelled" in repr(h)
+    th = loop.call_later(10, cb, 2)
+    assert repr(th).startswith("<TimerHandle when=")
+    th.cancel()
+
+
+# Running, stopping, closing.
+
+def test_run_until_complete_result_and_exception(loop):
+    async def ok():
+        await asyncio.sleep(0)
+        return 42
+
+    async def bad():
+        raise ValueError("boom")
+
+    assert loop.run_until_complete(ok()) == 42
+    with pytest.raises(ValueError, match="boom"):
+        loop.run_until_complete(bad())
+    assert not loop.is_running()
+
+
+def test_run_until_complete_stopped_early(loop):
+    async def forever():
+        loop.stop()
+        await asyncio.sleep(10)
+
+    with pytest.raises(RuntimeError,
+                       match="Event loop stopped before Future completed"):
+        loop.run_until_complete(forever())
+    for t in asyncio.all_tasks(loop):
+        t.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_reentry_errors(loop):
+    async def inner():
+        with pytest.raises(RuntimeError, match="already running"):
+            loop.run_forever()
+        with pytest.raises(RuntimeError, match="already running"):
+            loop.run_until_complete(asyncio.sleep(0))
+        other = piston.new_event_loop()
+        try:
+            with pytest.raises(RuntimeError,
+                               match="another loop is running"):
+                other.run_until_complete(asyncio.sleep(0))
+        finally:
+            other.close()
+        with pytest.raises(RuntimeError, match="Cannot close a running"):
+            loop.close()
+
+    loop.run_until_complete(inner())
+
+
+def test_closed_loop_errors(loop):
+    loop.close()
+    assert loop.is_closed()
+    loop.close()        # idempotent
+    for call in (lambda: loop.call_soon(print),
+                 lambda: loop.call_later(1, print),
+                 lambda: loop.call_soon_threadsafe(print),
+                 lambda: loop.run_forever(),
+                 lambda: loop.create_task(asyncio.sleep(0))):
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            call()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.run_until_complete(coro)
+    coro.close()
+    assert loop.remove_reader(0) is False
+
+
+def test_debug_other_thread(loop):
+    loop.set_debug(True)
+    err = []
+
+    async def main():
+        def other():
+            try:
+                loop.call_soon(print)
+            except RuntimeError as e:
+                err.append(str(e))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+
+    loop.run_until_complete(main())
+    assert err and "Non-thread-safe operation" in err[0]
+
+
+def test_slow_callback_logged(loop, caplog):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+    loop.call_soon(time.sleep, 0.03)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.run_forever()
+    assert any("took" in r.getMessage() and "sleep" in r.getMessage()
+               for r in caplog.records)
+
+
+# Exceptions in callbacks.
+
+def test_exception_handler(loop):
+    seen = []
+    assert loop.get_exception_handler() is None
+    loop.set_exception_handler(lambda lp, ctx: seen.append((lp, ctx)))
+    with pytest.raises(TypeError):
+        loop.set_exception_handler(42)
+
+    def boom():
+        raise ZeroDivisionError
+
+    loop.call_soon(boom)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(seen) == 1
+    lp, ctx = seen[0]
+    assert lp is loop
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+    assert ctx["message"].startswith("Exception in callback")
+    assert "handle" in ctx
+
+
+def test_default_exception_handler_logs(loop, caplog):
+    def boom():
+        raise ZeroDivisionError("zz")
+
+    loop.call_soon(boom)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert any("Exception in callback" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_keyboard_interrupt_in_callback_propagates(loop):
+    def boom():
+        raise KeyboardInterrupt
+
+    out = []
+    loop.call_soon(boom)
+    loop.call_soon(out.append, 1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    # What was still queued runs on the next start.
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [1]
+
+
+def test_broken_exception_handler(loop, caplog):
+    def handler(lp, ctx):
+        raise RuntimeError("handler broke")
+
+    loop.set_exception_handler(handler)
+    loop.call_soon(lambda: 1 / 0)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert any("Unhandled error in exception handler" in r.getMessage()
+               for r in caplog.records)
+
+
+# Tasks and futures.
+
+def test_create_task_name_context(loop):
+    var = contextvars.ContextVar("v", default=0)
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, 7)
+
+    async def get():
+        return var.get()
+
+    async def main():
+        t = loop.create_task(get(), name="the-task", context=ctx)
+        assert t.get_name() == "the-task"
+        assert asyncio.current_task() is not None
+        return await t
+
+    assert loop.run_until_complete(main()) == 7
+
+
+def test_task_factory(loop):
+    made = []
+
+    def factory(lp, coro, **kw):
+        t = asyncio.Task(coro, loop=lp, **kw)
+        made.append(t)
+        return t
+
+    with pytest.raises(TypeError):
+        loop.set_task_factory(1)
+    loop.set_task_factory(factory)
+    assert loop.get_task_factory() is factory
+    t = loop.create_task(asyncio.sleep(0, 5), name="n")
+    assert loop.run_until_complete(t) == 5
+    assert made == [t] and t.get_name() == "n"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks: 3.12+")
+def test_eager_task_factory(loop):
+    loop.set_task_factory(asyncio.eager_task_factory)
+    started = []
+
+    async def coro():
+        started.append(1)
+        return 3
+
+    async def main():
+        t = loop.create_task(coro())
+        assert started == [1]      # ran synchronously
+        return await t
+
+    assert loop.run_until_complete(main()) == 3
+
+
+def test_create_future(loop):
+    f = loop.create_future()
+    assert isinstance(f, asyncio.Future)
+    assert f.get_loop() is loop
+    loop.call_soon(f.set_result, 1)
+    assert loop.run_until_complete(f) == 1
+
+
+def test_gather_many_tasks(loop):
+    async def one(i):
+        await asyncio.sleep(0)
+        return i
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(2000)))
+
+    assert loop.run_until_complete(main()) == list(range(2000))
+
+
+def test_timeouts_and_taskgroup(loop):
+    async def main():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(10)
+        async with asyncio.TaskGroup() as tg:
+            a = tg.create_task(asyncio.sleep(0.01, "a"))
+            b = tg.create_task(asyncio.sleep(0.005, "b"))
+        return a.result() + b.result()
+
+    assert loop.run_until_complete(main()) == "ab"
+
+
+# Async generators and executors.
+
+def test_shutdown_asyncgens(loop):
+    closed = []
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+
+    async def main():
+        g = agen()
+        await g.__anext__()
+        return g
+
+    g = loop.run_until_complete(main())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    assert closed == [True]
+    del g
+
+
+def test_run_in_executor_and_shutdown(loop):
+    async def main():
+        a = await loop.run_in_executor(None, sum, [1, 2, 3])
+        b = await asyncio.to_thread(threading.get_ident)
+        return a, b
+
+    a, b = loop.run_until_complete(main())
+    assert a == 6 and b != threading.get_ident()
+    loop.run_until_complete(loop.shutdown_default_executor())
+    with pytest.raises(RuntimeError, match="Executor shutdown"):
+        loop.run_in_executor(None, print)
+
+
+def test_set_default_executor(loop):
+    import concurrent.futures as cf
+
+    with pytest.raises(TypeError):
+        loop.set_default_executor(object())
+    ex = cf.ThreadPoolExecutor(1)
+    loop.set_default_executor(ex)
+    r = loop.run_until_complete(
+        loop.run_in_executor(None, threading.current_thread))
+    assert r.name.startswith("ThreadPoolExecutor")
+    ex.shutdown()
+
+
+# Name resolution.
+
+def test_getaddrinfo_numeric_and_names(loop):
+    for host, port in [("127.0.0.1", 80), ("::1", "443"), (None, 0),
+                       ("localhost", 80)]:
+        got = loop.run_until_complete(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        assert got == socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    got = loop.run_until_complete(
+        loop.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST))
+    assert got == socket.getnameinfo(("127.0.0.1", 80),
+                                     socket.NI_NUMERICHOST)
+
+
+# File descriptors.
+
+def test_add_reader_writer(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    got = []
+    try:
+        def on_read():
+            got.append(a.recv(100))
+            loop.remove_reader(a)
+            loop.stop()
+
+        loop.add_reader(a, on_read)
+        loop.add_writer(b.fileno(), lambda: (b.send(b"hi"),
+                                             loop.remove_writer(b)))
+        loop.run_forever()
+        assert got == [b"hi"]
+        assert loop.remove_reader(a) is False
+        assert loop.remove_writer(b) is False
+    finally:
+        a.close()
+        b.close()
+
+
+def test_add_reader_replaces(loop):
+    a, b = socket.socketpair()
+    try:
+        calls = []
+        loop.add_reader(a, calls.append, "old")
+        loop.add_reader(a, lambda: (calls.append("new"), a.recv(10),
+                                    loop.stop()))
+        b.send(b"x")
+        loop.run_forever()
+        assert calls == ["new"]
+        assert loop.remove_reader(a.fileno()) is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_add_reader_bad_fds(loop):
+    with pytest.raises(ValueError):
+        loop.add_reader(-1, print)
+    with pytest.raises(ValueError):
+        loop.add_reader(object(), print)
+    with open(__file__, "rb") as f:
+        with pytest.raises(OSError):
+            loop.add_reader(f.fileno(), print)
+
+
+def test_fd_closed_behind_back(loop):
+    a, b = socket.socketpair()
+    loop.add_reader(a.fileno(), print)
+    fd = a.fileno()
+    a.close()
+    b.close()
+    # Removing and re-adding on a reused fd number must not crash.
+    loop.remove_reader(fd)
+    c, d = socket.socketpair()
+    try:
+        loop.add_reader(c, lambda: (c.recv(1), loop.stop()))
+        d.send(b"1")
+        loop.run_forever()
+        loop.remove_reader(c)
+    finally:
+        c.close()
+        d.close()
+
+
+# Low-level socket API.
+
+def test_sock_api(loop):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.setblocking(False)
+
+    async def main():
+        cli = socket.socket()
+        cli.setblocking(False)
+        await loop.sock_connect(cli, srv.getsockname())
+        conn, _ = await loop.sock_accept(srv)
+        big = b"x" * (4 * 1024 * 1024)
+        send = loop.create_task(loop.sock_sendall(cli, big))
+        got = bytearray()
+        while len(got) < len(big):
+            chunk = await loop.sock_recv(conn, 65536)
+            got += chunk
+        await send
+        buf = bytearray(10)
+        await loop.sock_sendall(conn, b"hello")
+        n = await loop.sock_recv_into(cli, buf)
+        conn.close()
+        cli.close()
+        return len(got), bytes(buf[:n])
+
+    try:
+        assert loop.run_until_complete(main()) == (4 * 1024 * 1024,
+                                                   b"hello")
+    finally:
+        srv.close()
+
+
+def test_sock_connect_refused(loop):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+
+    async def main():
+        cli = socket.socket()
+        cli.setblocking(False)
+        try:
+            await loop.sock_connect(cli, ("127.0.0.1", port))
+        finally:
+            cli.close()
+
+    with pytest.raises(ConnectionRefusedError):
+        loop.run_until_complete(main())
+
+
+def test_sock_udp(loop):
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        rx = loop.create_task(loop.sock_recvfrom(a, 100))
+        await asyncio.sleep(0.01)
+        await loop.sock_sendto(b, b"dgram", a.getsockname())
+        data, addr = await rx
+        buf = bytearray(100)
+        await loop.sock_sendto(b, b"again", a.getsockname())
+        n, _ = await loop.sock_recvfrom_into(a, buf)
+        return data, bytes(buf[:n])
+
+    try:
+        assert loop.run_until_complete(main()) == (b"dgram", b"again")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_recv_cancel_unregisters(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        t = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        # The fd is free again: a new reader can be added.
+        b.send(b"z")
+        return await loop.sock_recv(a, 10)
+
+    try:
+        assert loop.run_until_complete(main()) == b"z"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_sendfile(loop, tmp_path):
+    path = tmp_path / "data"
+    payload = os.urandom(300000)
+    path.write_bytes(payload)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        async def reader():
+            got = bytearray()
+            while len(got) < 1000:
+                got += await loop.sock_recv(b, 65536)
+            return bytes(got)
+
+        r = loop.create_task(reader())
+        with open(path, "rb") as f:
+            sent = await loop.sock_sendfile(a, f, 100, 1000)
+            assert f.tell() == 1100
+        return sent, await r
+
+    try:
+        sent, got = loop.run_until_complete(main())
+        assert sent == 1000 and got == payload[100:1100]
+    finally:
+        a.close()
+        b.close()
+
+
+# Signals.
+
+def test_signal_handler(loop):
+    got = []
+
+    def on_usr1(x):
+        got.append(x)
+        loop.stop()
+
+    loop.add_signal_handler(signal.SIGUSR1, on_usr1, "usr1")
+    loop.call_later(0.01, os.kill, os.getpid(), signal.SIGUSR1)
+    loop.run_forever()
+    assert got == ["usr1"]
+    assert loop.remove_signal_handler(signal.SIGUSR1) is True
+    assert loop.remove_signal_handler(signal.SIGUSR1) is False
+    with pytest.raises(TypeError):
+        loop.add_signal_handler("x", print)
+    with pytest.raises(ValueError):
+        loop.add_signal_handler(10 ** 6, print)
+    with pytest.raises(RuntimeError):
+        loop.add_signal_handler(signal.SIGKILL, print)
+
+
+def test_signal_handler_not_main_thread(loop):
+    err = []
+
+    def other():
+        try:
+            loop.add_signal_handler(signal.SIGUSR2, print)
+        except RuntimeError as e:
+            err.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert err
+
+
+CTRL_C_SCRIPT = """
+import asyncio, os, signal, sys, time
+import piston
+kind = sys.argv[1]
+factory = piston.new_event_loop if kind == "piston" else asyncio.new_event_loop
+async def main():
+    print("ready", flush=True)
+    await asyncio.sleep(30)
+try:
+    with asyncio.Runner(loop_factory=factory) as r:
+        r.run(main())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    sys.exit(3)
+"""
+
+CTRL_C_BARE_SCRIPT = """
+import asyncio, sys
+import piston
+kind = sys.argv[1]
+loop = piston.new_event_loop() if kind == "piston" else asyncio.new_event_loop()
+async def main():
+    print("ready", flush=True)
+    await asyncio.sleep(30)
+try:
+    loop.run_until_complete(main())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("script", [CTRL_C_SCRIPT, CTRL_C_BARE_SCRIPT],
+                         ids=["runner", "bare"])
+def test_ctrl_c(kind, script):
+    env = dict(os.environ, PYTHONPATH=PYPATH)
+    p = subprocess.Popen([sys.executable, "-c", script, kind], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 3, err
+    assert "KeyboardInterrupt" in out
+
+
+def test_fork_child_refuses_parent_loop():
+    code = """
+    import asyncio, os, sys
+    import piston
+    loop = piston.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            loop.run_until_complete(asyncio.sleep(0))
+        except RuntimeError as e:
+            ok = "fork" in str(e)
+        else:
+            ok = False
+        # A fresh loop in the child works.
+        new = piston.new_event_loop()
+        ok = ok and new.run_until_complete(asyncio.sleep(0, 5)) == 5
+        new.close()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+    print("parent", loop.run_until_complete(asyncio.sleep(0, 9)))
+    """
+    p = run_script(code)
+    out, err = p.communicate(timeout=30)
+    assert "child 0" in out and "parent 9" in out, (out, err)
+
+
+# Resources.
+
+def test_unclosed_loop_warns():
+    lp = piston.new_event_loop()
+    with pytest.warns(ResourceWarning):
+        del lp
+        gc.collect()
+
+
+def test_loop_is_collected():
+    lp = piston.new_event_loop()
+    lp.call_soon(print)
+    lp.call_later(10, print)
+    lp.close()
+    ref = weakref.ref(lp)
+    del lp
+    gc.collect()
+    assert ref() is None
+
+
+def test_stats():
+    lp = piston.new_event_loop()
+    try:
+        lp.run_until_complete(asyncio.sleep(0.01))
+        s = lp.stats()
+        assert s["iterations"] >= 2 and s["callbacks"] >= 2
+        assert s["timers_fired"] >= 1
+        assert s["time_polling"] > 0
+    finally:
+        lp.close()
