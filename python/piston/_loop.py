@@ -11,7 +11,7 @@ import asyncio
 import collections.abc
 import concurrent.futures
 import errno
-import functools
+import inspect
 import ipaddress
 import os
 import signal
@@ -37,8 +37,14 @@ _PY312 = sys.version_info >= (3, 12)
 _PY314 = sys.version_info >= (3, 14)
 
 
+# 3.13 grew a keyword-only `debug` (show the source location only in debug
+# mode); earlier versions always show it.
+_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
+    format_helpers._format_callback_source).parameters
+
+
 def _format_callback(callback, args):
-    if _PY312:
+    if _FORMAT_TAKES_DEBUG:
         return format_helpers._format_callback_source(callback, args,
                                                       debug=True)
     return format_helpers._format_callback_source(callback, args)
