@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from typing import Any, Callable, Dict, Hashable, List, Optional
 
@@ -213,6 +214,11 @@ def machine_line(info: Dict[str, Any]) -> str:
 
 # --- output ----------------------------------------------------------------
 
+RATIO_NOTE = ("ratio: higher is better for piston; piston/stdlib for rates, "
+              "stdlib/piston for latencies, piston's own 2-worker/1-worker "
+              "for scaling rows")
+
+
 def fmt_value(v: Optional[float], unit: str) -> str:
     if v is None:
         return "-"
@@ -248,7 +254,7 @@ def _cells(rows: List[Row], impls: List[str]) -> List[List[str]]:
 
 
 def _header(impls: List[str]) -> List[str]:
-    return ["suite", "case"] + impls + ["ratio", "target", ""]
+    return ["suite", "case"] + impls + ["ratio", "target", "status"]
 
 
 def table(rows: List[Row], info: Dict[str, Any]) -> str:
@@ -262,7 +268,7 @@ def table(rows: List[Row], info: Dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(
         [machine_line(info), ""] + lines
-        + ["", "ratio: higher is better for piston (see benchmarks/README.md)"])
+        + ["", RATIO_NOTE])
 
 
 def markdown(rows: List[Row], info: Dict[str, Any]) -> str:
@@ -273,7 +279,8 @@ def markdown(rows: List[Row], info: Dict[str, Any]) -> str:
              "|" + "|".join("---" if i < 2 else "---:"
                             for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in _cells(rows, impls)]
-    return "\n".join(lines + ["", f"Measured on: {machine_line(info)}."])
+    return "\n".join(lines + ["", RATIO_NOTE + ".",
+                               f"Measured on: {machine_line(info)}."])
 
 
 def as_json(rows: List[Row], info: Dict[str, Any], **extra: Any) -> str:
@@ -295,15 +302,20 @@ def plot(rows: List[Row], path: str, info: Dict[str, Any]) -> None:
     y = range(len(rows))
     ax.barh(y, [r.ratio for r in rows], color=colors)
     for i, r in enumerate(rows):
+        ax.text(max(r.ratio, r.target or 0), i, f"  {r.ratio:.2f}x",
+                va="center", fontsize=8)
         if r.target is not None:
             ax.plot([r.target] * 2, [i - 0.4, i + 0.4], color="black", lw=2)
+    if rows and max(r.ratio for r in rows) > 8:
+        ax.set_xscale("log")
     ax.axvline(1.0, color="black", lw=0.8, ls="--")
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels)
     ax.invert_yaxis()
     ax.set_xlabel("ratio, higher is better for piston "
                   "(black tick: target; green met, red missed)")
-    ax.set_title(machine_line(info), fontsize=7)
+    ax.set_title("\n".join(textwrap.wrap(machine_line(info), 120)),
+                 fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

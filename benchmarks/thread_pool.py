@@ -169,14 +169,14 @@ def sha256(h):
     """hashlib.sha256 over 4 MiB, which hashes without the GIL."""
     data = random.Random(1).randbytes(4 << 20)
     return _gil_free(h, "sha256 over 4 MiB", lambda: hashlib.sha256(data).digest(),
-                     len(data), 32 if not h.quick else 8)
+                     len(data), 64 if not h.quick else 8)
 
 
 def compress(h):
     """zlib.compress over 1 MiB of text, which compresses without the GIL."""
     data = _text(1 << 20)
     return _gil_free(h, "zlib.compress over 1 MiB", lambda: zlib.compress(data),
-                     len(data), 8 if not h.quick else 4)
+                     len(data), 16 if not h.quick else 4)
 
 
 def _k(n):
