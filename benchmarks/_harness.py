@@ -65,6 +65,26 @@ class Row:
         return d
 
 
+class Measured:
+    """Per-repetition values of each key and metric; rows take medians."""
+
+    def __init__(self, samples: Dict[Hashable, Dict[str, List[float]]]):
+        self.samples = samples
+
+    def median(self, key: Hashable, metric: str = "value") -> float:
+        return median(self.samples[key][metric])
+
+    def row(self, case: str, unit: str, metric: str = "value",
+            columns: Optional[Dict[str, Hashable]] = None, **kw: Any) -> Row:
+        """A Row of the median of ``metric``; ``columns`` maps a column
+        (implementation) name to its key when keys are not plain names."""
+        columns = columns or {str(k): k for k in self.samples}
+        return Row("", case, unit,
+                   {c: self.median(k, metric) for c, k in columns.items()},
+                   samples={c: self.samples[k][metric]
+                            for c, k in columns.items()}, **kw)
+
+
 class Progress:
     """One status line on stderr, rewritten in place on a terminal."""
 
@@ -105,16 +125,15 @@ class Harness:
         return max(1, full // 10) if self.quick else full
 
     def compare(self, pools: Dict[Hashable, Callable[[], Any]],
-                round_fn: Callable[[Any], Any]) -> Dict[Hashable, Dict[str, float]]:
-        """Measure ``round_fn`` on each resource and return medians.
+                round_fn: Callable[[Any], Any]) -> "Measured":
+        """Measure ``round_fn`` on each resource, ``reps`` times.
 
         ``pools`` maps a key (an implementation name, or a tuple) to a
         factory returning a context manager; every resource is opened fresh
         for this case and closed after it.  Each key first gets its warm-up
         rounds, then repetitions alternate between keys so that noise from
         a shared machine falls on all of them alike.  ``round_fn`` returns
-        a number or a dict of named numbers; each is reduced to the median
-        over repetitions and the raw values are kept in ``self.samples``.
+        a number or a dict of named numbers (metrics).
         """
         raw: Dict[Hashable, Dict[str, List[float]]] = {k: {} for k in pools}
         with contextlib.ExitStack() as stack:
@@ -132,9 +151,7 @@ class Harness:
                         out = {"value": out}
                     for metric, v in out.items():
                         raw[key].setdefault(metric, []).append(float(v))
-        self.samples = raw
-        return {k: {m: median(v) for m, v in ms.items()}
-                for k, ms in raw.items()}
+        return Measured(raw)
 
     def _say(self, what: str) -> None:
         self.progress.update(f"{self.where} · {what}")

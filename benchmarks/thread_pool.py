@@ -42,9 +42,8 @@ def latency(h):
         return {"median": median(lat) / 1e3, "p99": p99(lat) / 1e3}
 
     res = h.compare(_pools(), one_round)
-    return [Row("", f"submit(f).result() latency, {m}", "us",
-                {k: v[m] for k, v in res.items()},
-                higher_is_better=False, target=3)
+    return [res.row(f"submit(f).result() latency, {m}", "us", m,
+                    higher_is_better=False, target=3)
             for m in ("median", "p99")]
 
 
@@ -60,8 +59,7 @@ def submit_many(h):
         return n / (time.perf_counter() - t0)
 
     res = h.compare(_pools(), one_round)
-    return [Row("", f"{_k(n)} submit() then result()", "tasks/s",
-                {k: v["value"] for k, v in res.items()}, target=5)]
+    return [res.row(f"{_k(n)} submit() then result()", "tasks/s", target=5)]
 
 
 def map_many(h):
@@ -70,12 +68,14 @@ def map_many(h):
 
     def one_round(pool):
         t0 = time.perf_counter()
-        list(pool.map(_noop, range(n)))
-        return n / (time.perf_counter() - t0)
+        out = list(pool.map(_noop, range(n)))
+        rate = n / (time.perf_counter() - t0)
+        if len(out) != n or out[-1] != n - 1:
+            raise RuntimeError(f"map returned {len(out)} items, not {n}")
+        return rate
 
     res = h.compare(_pools(), one_round)
-    return [Row("", f"list(map(f, range({_k(n)})))", "items/s",
-                {k: v["value"] for k, v in res.items()}, target=10)]
+    return [res.row(f"list(map(f, range({_k(n)})))", "items/s", target=10)]
 
 
 @contextlib.contextmanager
@@ -109,9 +109,8 @@ def run_in_executor(h):
 
     res = h.compare({k: (lambda c=c: _loop_with(c)) for k, c in IMPLS.items()},
                     one_round)
-    return [Row("", "await run_in_executor(pool, f), asyncio loop",
-                "calls/s", {k: v["value"] for k, v in res.items()},
-                target=1.5)]
+    return [res.row("await run_in_executor(pool, f), asyncio loop",
+                    "calls/s", target=1.5)]
 
 
 def to_thread(h):
@@ -128,9 +127,8 @@ def to_thread(h):
 
     res = h.compare({k: (lambda c=c: _loop_with(c, default=True))
                      for k, c in IMPLS.items()}, one_round)
-    return [Row("", f"{_k(n)} concurrent to_thread(f), asyncio loop",
-                "calls/s", {k: v["value"] for k, v in res.items()},
-                target=1.5)]
+    return [res.row(f"{_k(n)} concurrent to_thread(f), asyncio loop",
+                    "calls/s", target=1.5)]
 
 
 def _text(size):
@@ -155,10 +153,12 @@ def _gil_free(h, label, work, size, tasks):
             f.result()
         return tasks * size / (time.perf_counter() - t0) / 1e6
 
-    res = {k: v["value"] for k, v in h.compare(pools, one_round).items()}
-    rows = [Row("", f"{label}, {w} worker{'s' * (w > 1)}", "MB/s",
-                {name: res[name, w] for name in IMPLS}) for w in (1, 2)]
-    scaling = {name: res[name, 2] / res[name, 1] for name in IMPLS}
+    res = h.compare(pools, one_round)
+    rows = [res.row(f"{label}, {w} worker{'s' * (w > 1)}", "MB/s",
+                    columns={name: (name, w) for name in IMPLS})
+            for w in (1, 2)]
+    scaling = {name: res.median((name, 2)) / res.median((name, 1))
+               for name in IMPLS}
     rows.append(Row("", f"{label}, 2 workers / 1 worker", "x", scaling,
                     ratio=scaling["piston"], target=1.8,
                     note="ratio is piston's own 2-worker/1-worker scaling"))

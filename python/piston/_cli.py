@@ -107,6 +107,10 @@ def cmd_bench(args, parser) -> int:
             return 1
     harness = h.Harness(quick=args.quick)
     info = h.machine_info()
+    if info["load_average"][0] > 0.5:
+        print(f"piston: load average {info['load_average'][0]} before the "
+              "run: other work on this machine will make numbers noisy",
+              file=sys.stderr)
     t0 = time.monotonic()
     rows = []
     try:
