@@ -983,3 +983,161 @@ print("UNREACHABLE", flush=True)
     rc, out, err = sigint_while_waiting(impl, body)
     assert "UNREACHABLE" not in out
     assert rc != 0 and "KeyboardInterrupt" in err, err
+
+
+# ------------------------------------------------- more edge behaviour
+
+def test_private_state_names_track_transitions(future_cls):
+    # wait()/as_completed() read f._state; the names must be the stdlib's.
+    f = future_cls()
+    assert f._state == cf._base.PENDING
+    f.set_running_or_notify_cancel()
+    assert f._state == cf._base.RUNNING
+    f.set_result(1)
+    assert f._state == cf._base.FINISHED
+    g = future_cls()
+    g.cancel()
+    assert g._state == cf._base.CANCELLED
+    g.set_running_or_notify_cancel()
+    assert g._state == cf._base.CANCELLED_AND_NOTIFIED
+
+
+def test_callback_added_from_callback_runs_immediately(future_cls):
+    f = future_cls()
+    calls = []
+
+    def a(fut):
+        calls.append("a-start")
+        fut.add_done_callback(lambda _: calls.append("inner"))
+        calls.append("a-end")
+    f.add_done_callback(a)
+    f.add_done_callback(lambda _: calls.append("b"))
+    f.set_result(None)
+    assert calls == ["a-start", "inner", "a-end", "b"]
+
+
+def test_result_inside_own_callback(future_cls):
+    f = future_cls()
+    seen = []
+    f.add_done_callback(lambda fut: seen.append(fut.result(timeout=0)))
+    f.add_done_callback(lambda fut: seen.append(fut.exception()))
+    f.set_result("r")
+    assert seen == ["r", None]
+
+
+def test_set_exception_non_exception_is_type_error(future_cls):
+    # The stdlib stores it and fails at result(); an eager check is fine
+    # too.  Either way the user gets a TypeError, never a crash.
+    f = future_cls()
+    with pytest.raises(TypeError):
+        f.set_exception("not an exception")
+        f.result(timeout=0)
+
+
+def test_large_finite_timeout(future_cls):
+    f = future_cls()
+    t = complete_later(f.set_result, "big")
+    assert f.result(timeout=1e9) == "big"
+    assert f.exception(timeout=1e6) is None
+    t.join()
+    g = future_cls()
+    t = complete_later(g.set_result, 1)
+    done, _ = cf.wait([g], timeout=1e9)
+    assert done == {g}
+    t.join()
+
+
+def _signal_main_thread_until(flag, signum, give_up=10.0):
+    """From a helper thread: keeps signalling the main thread until `flag`
+    is set (by the handler) or `give_up` seconds pass."""
+    import signal
+    main = threading.main_thread().ident
+    deadline = time.monotonic() + give_up
+    while not flag.is_set() and time.monotonic() < deadline:
+        signal.pthread_kill(main, signum)
+        flag.wait(0.05)
+
+
+@pytest.mark.parametrize("timeout", [None, T])
+def test_signal_handler_runs_during_wait(future_cls, timeout):
+    # A Python signal handler must run while result() waits (the wait is
+    # interruptible), and the wait then resumes and returns the result.
+    import signal
+    assert threading.current_thread() is threading.main_thread()
+    f = future_cls()
+    handled = threading.Event()
+    ran_during_wait = []
+
+    def handler(signum, frame):
+        ran_during_wait.append(not f.done())
+        handled.set()
+
+    def helper():
+        time.sleep(0.05)
+        _signal_main_thread_until(handled, signal.SIGUSR1)
+        f.set_result("after-signal")
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        t = threading.Thread(target=helper)
+        t.start()
+        assert f.result(timeout=timeout) == "after-signal"
+        t.join()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert ran_during_wait and ran_during_wait[0] is True
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["result", "exception"])
+@pytest.mark.parametrize("timeout", [None, T])
+def test_signal_handler_exception_interrupts_wait(future_cls, method,
+                                                  timeout):
+    import signal
+    f = future_cls()
+    handled = threading.Event()
+    armed = threading.Event()  # starts the helper and arms the handler
+    disarmed = threading.Event()
+
+    def handler(signum, frame):
+        if armed.is_set() and not disarmed.is_set():
+            handled.set()
+            raise _Interrupt()
+
+    def helper():
+        armed.wait(T)
+        time.sleep(0.05)  # let the main thread enter the wait
+        _signal_main_thread_until(handled, signal.SIGUSR1)
+    old = signal.signal(signal.SIGUSR1, handler)
+    t = threading.Thread(target=helper)
+    try:
+        t.start()
+        with pytest.raises(_Interrupt):
+            armed.set()
+            getattr(f, method)(timeout=timeout)
+    finally:
+        disarmed.set()
+        handled.set()
+        armed.set()
+        t.join()
+        signal.signal(signal.SIGUSR1, old)
+    # The future is untouched and still usable.
+    assert not f.done()
+    f.set_result(3)
+    assert f.result(timeout=0) == 3
+
+
+@pytest.mark.parametrize("call", ["result()", "result(timeout=60)",
+                                  "exception()"])
+def test_ctrl_c_while_waiting_variants(impl, call):
+    body = r'''
+fut = Fut()
+print("READY", flush=True)
+fut.%s
+print("UNREACHABLE", flush=True)
+''' % call
+    rc, out, err = sigint_while_waiting(impl, body)
+    assert "UNREACHABLE" not in out
+    assert rc != 0 and "KeyboardInterrupt" in err, err
