@@ -768,3 +768,301 @@ def test_numpy_work(make_pool):
     got = list(ex.map(lambda m: m @ m.T, mats))
     for g, e in zip(got, expect):
         assert np.array_equal(g, e)
+
+
+# --------------------------------- waiting on futures the workers complete
+
+def _gated_pool(make_pool, make_event, n):
+    """A pool of n workers and n gated tasks: task i returns i (or raises
+    KeyError(i) when i == raise_at) once gates[i] is set."""
+    ex = make_pool(max_workers=n)
+    gates = [make_event() for _ in range(n)]
+    return ex, gates
+
+
+def test_cf_wait_on_pool_futures(make_pool, make_event):
+    ex, gates = _gated_pool(make_pool, make_event, 3)
+
+    def task(i):
+        gates[i].wait(T)
+        if i == 2:
+            raise KeyError(i)
+        return i
+    fs = [ex.submit(task, i) for i in range(3)]
+    threading.Timer(0.05, gates[1].set).start()
+    done, not_done = cf.wait(fs, timeout=T, return_when=cf.FIRST_COMPLETED)
+    assert done == {fs[1]} and not_done == {fs[0], fs[2]}
+    threading.Timer(0.05, gates[2].set).start()
+    done, not_done = cf.wait(fs, timeout=T, return_when=cf.FIRST_EXCEPTION)
+    assert done == {fs[1], fs[2]} and not_done == {fs[0]}
+    threading.Timer(0.05, gates[0].set).start()
+    done, not_done = cf.wait(fs, timeout=T, return_when=cf.ALL_COMPLETED)
+    assert done == set(fs) and not not_done
+
+
+def test_as_completed_on_pool_futures(make_pool, make_event):
+    ex, gates = _gated_pool(make_pool, make_event, 3)
+    fs = [ex.submit(lambda i=i: gates[i].wait(T) and i) for i in range(3)]
+    order = [2, 0, 1]
+    gates[order[0]].set()
+    got = []
+    for f in cf.as_completed(fs, timeout=T):
+        got.append(f.result())
+        if len(got) < 3:
+            gates[order[len(got)]].set()
+    assert got == order
+
+
+def test_wrap_future_on_pool_future(make_pool, make_event):
+    ex = make_pool(max_workers=1)
+    gate = make_event()
+
+    async def main():
+        f = ex.submit(lambda: gate.wait(T) and "v")
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        return await asyncio.wait_for(asyncio.wrap_future(f), T)
+    assert asyncio.run(main()) == "v"
+
+
+def test_pool_future_running_state(make_pool, make_event):
+    ex = make_pool(max_workers=1)
+    gate = make_event()
+    started = threading.Event()
+    f = ex.submit(lambda: (started.set(), gate.wait(T))[1])
+    queued = ex.submit(add, 1)
+    assert started.wait(T)
+    assert f.running() and not f.done()
+    assert "state=running" in repr(f)
+    assert f.cancel() is False
+    assert not queued.running() and not queued.done()
+    assert "state=pending" in repr(queued)
+    gate.set()
+    assert f.result(timeout=T) is True
+    assert queued.result(timeout=T) == 1
+    assert not f.running()
+
+
+# ---------------------------------------- re-entrancy from worker callbacks
+
+def test_submit_from_done_callback(make_pool):
+    ex = make_pool(max_workers=1)
+    second = []
+    got = threading.Event()
+
+    def cb(fut):
+        g = ex.submit(add, fut.result(), 1)
+        second.append(g)
+        g.add_done_callback(lambda _: got.set())
+    f = ex.submit(add, 1)
+    f.add_done_callback(cb)
+    assert got.wait(T)
+    assert second[0].result(timeout=T) == 2
+
+
+def test_result_and_cancel_inside_worker_callback(make_pool, make_event):
+    ex = make_pool(max_workers=1)
+    gate = make_event()
+    seen = []
+    ev = threading.Event()
+    f = ex.submit(gate.wait, T)
+    other = ex.submit(add, 1)
+
+    def cb(fut):
+        seen.append(fut.result(timeout=0))
+        seen.append(other.cancel())
+        ev.set()
+    f.add_done_callback(cb)
+    gate.set()
+    assert ev.wait(T)
+    assert seen == [True, True]
+    assert other.cancelled()
+    assert ex.submit(add, 5).result(timeout=T) == 5
+
+
+def test_shutdown_from_done_callback(make_pool):
+    ex = make_pool(max_workers=2)
+    ev = threading.Event()
+
+    def cb(_):
+        ex.shutdown(wait=False)
+        ev.set()
+    f = ex.submit(add, 1)
+    f.add_done_callback(cb)
+    assert ev.wait(T)
+    with pytest.raises(RuntimeError):
+        ex.submit(add, 1)
+    ex.shutdown(wait=True)
+
+
+# ----------------------------------------------------------- more map
+
+def test_map_iterator_protocol(make_pool):
+    ex = make_pool(max_workers=2)
+    it = ex.map(operator.neg, [1, 2])
+    assert iter(it) is it
+    assert next(it) == -1 and next(it) == -2
+    with pytest.raises(StopIteration):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_map_input_iterable_raises(make_pool):
+    ex = make_pool(max_workers=2)
+
+    def gen():
+        yield 1
+        yield 2
+        raise KeyError("input")
+    with pytest.raises(KeyError):
+        list(ex.map(operator.neg, gen()))
+    assert ex.submit(add, 1).result(timeout=T) == 1
+
+
+def test_map_non_callable(make_pool):
+    ex = make_pool(max_workers=2)
+    with pytest.raises(TypeError):
+        list(ex.map(1, [1, 2]))
+    with pytest.raises(TypeError):
+        list(ex.map(None, [1], chunksize=5))
+
+
+def test_map_runs_all_even_if_shut_down_before_iterating(make_pool):
+    ex = make_pool(max_workers=2)
+    ran = []
+    it = ex.map(lambda x: ran.append(x) or x * 3, range(500), chunksize=7)
+    ex.shutdown(wait=True)
+    assert sorted(ran) == list(range(500))
+    assert list(it) == [x * 3 for x in range(500)]
+
+
+def test_map_from_many_threads(make_pool):
+    ex = make_pool(max_workers=4)
+    out = {}
+
+    def mapper(k):
+        out[k] = list(ex.map(operator.mul, range(5000), [k] * 5000,
+                             chunksize=1 + 50 * k))
+    ts = [threading.Thread(target=mapper, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert out == {k: [i * k for i in range(5000)] for k in range(4)}
+
+
+def test_map_mixed_with_submit(make_pool):
+    ex = make_pool(max_workers=2)
+    fs = [ex.submit(add, i) for i in range(100)]
+    it = ex.map(operator.neg, range(100), chunksize=10)
+    gs = [ex.submit(add, i, 1) for i in range(100)]
+    assert list(it) == [-i for i in range(100)]
+    assert [f.result(timeout=T) for f in fs] == list(range(100))
+    assert [g.result(timeout=T) for g in gs] == list(range(1, 101))
+
+
+# ------------------------------------------------- shutdown/submit races
+
+def test_submit_racing_shutdown_loses_nothing(make_pool):
+    for _ in range(5):
+        ex = make_pool(max_workers=2)
+        got = [[] for _ in range(3)]
+        go = threading.Barrier(4, timeout=T)
+
+        def submitter(k):
+            go.wait()
+            for i in range(2000):
+                try:
+                    got[k].append((i, ex.submit(operator.neg, i)))
+                except RuntimeError:
+                    return
+        ts = [threading.Thread(target=submitter, args=(k,))
+              for k in range(3)]
+        for t in ts:
+            t.start()
+        go.wait()
+        time.sleep(0.002)
+        ex.shutdown(wait=True)
+        for t in ts:
+            t.join()
+        # Every future handed out before shutdown ran to completion.
+        for lst in got:
+            for i, f in lst:
+                assert f.done(), "accepted work not finished by shutdown"
+                assert f.result(timeout=0) == -i
+
+
+def test_many_pools_created_and_shut_down(executor_cls):
+    before = threading.active_count()
+    for i in range(40):
+        with executor_cls(max_workers=2) as ex:
+            assert ex.submit(add, i).result(timeout=T) == i
+            list(ex.map(add, range(10)))
+    assert threading.active_count() <= before
+
+
+def test_initializer_raising_base_exception_breaks_pool(
+        make_pool, broken_thread_pool_cls):
+    def init():
+        raise SystemExit("init exit")
+    ex = make_pool(max_workers=1, initializer=init)
+    out = _submit_outcome(ex, add, 1)
+    assert isinstance(out, broken_thread_pool_cls), out
+
+
+# --------------------------------------------------- worker thread nature
+
+def test_worker_threads_are_real_non_daemon_threads(make_pool):
+    ex = make_pool(max_workers=1)
+
+    def info():
+        me = threading.current_thread()
+        return (isinstance(me, threading.Thread),
+                isinstance(me, threading._DummyThread),
+                me.daemon, me.is_alive(), me is not threading.main_thread())
+    assert ex.submit(info).result(timeout=T) == (True, False, False, True,
+                                                 True)
+
+
+def test_thread_local_set_by_initializer_persists(make_pool):
+    local = threading.local()
+
+    def init(tag):
+        local.tag = tag
+        local.count = 0
+
+    def task():
+        local.count += 1
+        return local.tag, local.count
+    ex = make_pool(max_workers=1, initializer=init, initargs=("T",))
+    res = [ex.submit(task).result(timeout=T) for _ in range(5)]
+    assert res == [("T", i) for i in range(1, 6)]
+
+
+def test_submit_does_not_copy_context_but_to_thread_does(make_pool):
+    import contextvars
+    var = contextvars.ContextVar("var", default="default")
+    ex = make_pool(max_workers=1)
+    var.set("submitter")
+    assert ex.submit(var.get).result(timeout=T) == "default"
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ex)
+        var.set("coroutine")
+        return await asyncio.to_thread(var.get)
+    assert asyncio.run(main()) == "coroutine"
+
+
+def test_piston_user_completes_pool_future_early(pistonmod, caplog):
+    """piston-only: a user who completes a pool's future by hand does not
+    break the pool (the stdlib's worker thread dies here)."""
+    with pistonmod.ThreadPoolExecutor(max_workers=1) as ex:
+        gate = threading.Event()
+        try:
+            f = ex.submit(gate.wait, T)
+            f.set_result("mine")
+        finally:
+            gate.set()
+        assert f.result(timeout=T) == "mine"
+        for i in range(3):
+            assert ex.submit(add, i).result(timeout=T) == i
