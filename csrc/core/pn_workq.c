@@ -113,24 +113,27 @@ pn_workq_looks_empty(pn_workq *q)
 }
 
 pn_qnode *
-pn_workq_pop_wait(pn_workq *q, uint32_t *unit, int64_t spin_ns)
+pn_workq_pop_spin(pn_workq *q, uint32_t *unit, int64_t spin_ns)
 {
-    pn_qnode *node;
-    if (spin_ns > 0) {
-        /* A submitter that finds us spinning skips the condvar signal, and
-         * we skip the sleep: no syscall on either side. */
-        int64_t stop = pn_monotonic_ns() + spin_ns;
-        for (unsigned i = 1;; i++) {
-            if (__atomic_load_n(&q->head, __ATOMIC_RELAXED) != NULL
-                || __atomic_load_n(&q->closing, __ATOMIC_RELAXED)) {
-                break;
-            }
-            pn_cpu_relax();
-            if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
-                break;
-            }
+    int64_t stop = pn_monotonic_ns() + spin_ns;
+    for (unsigned i = 1;; i++) {
+        if (__atomic_load_n(&q->closing, __ATOMIC_RELAXED)) {
+            return NULL;
+        }
+        if (__atomic_load_n(&q->head, __ATOMIC_RELAXED) != NULL) {
+            return pn_workq_trypop(q, unit);
+        }
+        pn_cpu_relax();
+        if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
+            return NULL;
         }
     }
+}
+
+pn_qnode *
+pn_workq_pop_wait(pn_workq *q, uint32_t *unit)
+{
+    pn_qnode *node;
     pthread_mutex_lock(&q->mu);
     while (q->head == NULL && !q->closing) {
         q->idle++;

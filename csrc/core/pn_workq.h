@@ -49,11 +49,16 @@ int pn_workq_push(pn_workq *q, pn_qnode *node, uint32_t units,
  * the claimed unit (0 .. units_total-1).  NULL when the queue is empty. */
 pn_qnode *pn_workq_trypop(pn_workq *q, uint32_t *unit);
 
-/* Claims one unit, sleeping while the queue is empty (after spinning up to
- * spin_ns for work to arrive).  Returns NULL once the queue is closing and
- * empty; the caller's thread slot is released then (it must exit).  Call
- * without the GIL. */
-pn_qnode *pn_workq_pop_wait(pn_workq *q, uint32_t *unit, int64_t spin_ns);
+/* Spins up to spin_ns for work, never sleeping: a claimed unit, or NULL
+ * (nothing came, or the queue is closing).  A submitter that finds the
+ * worker spinning skips the condvar signal and the worker skips the sleep:
+ * no syscall on either side. */
+pn_qnode *pn_workq_pop_spin(pn_workq *q, uint32_t *unit, int64_t spin_ns);
+
+/* Claims one unit, sleeping while the queue is empty.  Returns NULL once
+ * the queue is closing and empty; the caller's thread slot is released
+ * then (it must exit).  Call without the GIL. */
+pn_qnode *pn_workq_pop_wait(pn_workq *q, uint32_t *unit);
 
 /* Whether the queue looks empty (unlocked, may be stale). */
 int pn_workq_looks_empty(pn_workq *q);

@@ -189,7 +189,7 @@ core_break(pn_tpcore *core)
  * publishes it once the GIL is released, then drops the queue's reference),
  * else NULL with the reference dropped. */
 static pn_future *
-run_task(pn_future *f, int may_stage)
+run_task(pn_state *st, pn_future *f, int may_stage)
 {
     int r = pn_future_set_running_or_notify_cancel((PyObject *)f);
     if (r > 0) {
@@ -219,9 +219,12 @@ run_task(pn_future *f, int may_stage)
         pn_future_clear_work(f);
     }
     if (r < 0) {
-        /* A done-callback raised a BaseException, or the future was in an
-         * impossible state: the worker carries on. */
-        PyErr_WriteUnraisable((PyObject *)f);
+        /* The future was completed behind the pool's back, or a done-
+         * callback raised a BaseException: logged as the stdlib's worker
+         * does, but this worker carries on. */
+        PyObject *exc = pn_fetch_exception();
+        log_critical(st, "Exception in worker", exc);
+        Py_DECREF(exc);
     }
     Py_DECREF(f);      /* the queue's reference */
     return NULL;
@@ -295,6 +298,7 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
         Py_DECREF(r);
     }
     pn_future *staged = NULL;
+    int exiting = 0, spun = 0;
     for (;;) {
         uint32_t unit;
         pn_qnode *node = NULL;
@@ -307,7 +311,17 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
             if (staged != NULL) {
                 pn_future_publish_staged(staged);
             }
-            node = pn_workq_pop_wait(&core->q, &unit, PN_WORKER_SPIN_NS);
+            node = pn_workq_pop_spin(&core->q, &unit,
+                                     spun ? 0 : PN_WORKER_SPIN_NS);
+            spun = 0;
+            /* Going to sleep: a staged future must not stay referenced by
+             * an idle worker, so its reference is dropped (GIL) first. */
+            if (node == NULL && staged == NULL) {
+                node = pn_workq_pop_wait(&core->q, &unit);
+                if (node == NULL) {
+                    exiting = 1;
+                }
+            }
             if (node != NULL) {
                 await_gil_handoff(node);
             }
@@ -316,8 +330,12 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
             if (slot) {
                 slot->node = NULL;
             }
-            if (node == NULL) {
+            if (exiting) {
                 break;          /* closing and drained: our slot is freed */
+            }
+            if (node == NULL) {
+                spun = 1;       /* nothing came: sleep on the next turn */
+                continue;
             }
         }
         else if (++ran == PN_YIELD_EVERY) {
@@ -335,7 +353,8 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
         }
         else {
             /* Stage only when the GIL is about to be released anyway. */
-            staged = run_task(PN_CONTAINER_OF(node, pn_future, qnode),
+            staged = run_task(core->st,
+                              PN_CONTAINER_OF(node, pn_future, qnode),
                               pn_workq_looks_empty(&core->q));
         }
         if (slot && staged == NULL) {

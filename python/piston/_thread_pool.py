@@ -73,6 +73,9 @@ class ThreadPoolExecutor(_piston.ThreadPool, _cf_thread.ThreadPoolExecutor):
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._threads = set()
+        # Serialises starting a worker with shutdown(), so shutdown(wait=True)
+        # joins every thread that may still run accepted work.
+        self._shutdown_lock = threading.Lock()
         self._configure(max_workers, initializer, self._initargs)
         _live_executors.add(self)
 
@@ -82,9 +85,10 @@ class ThreadPoolExecutor(_piston.ThreadPool, _cf_thread.ThreadPoolExecutor):
         name = "%s_%d" % (self._thread_name_prefix, len(self._threads))
         core = self._core
         thread = threading.Thread(name=name, target=core.worker_main)
-        thread.start()
-        self._threads.add(thread)
-        _worker_threads[thread] = core
+        with self._shutdown_lock:
+            thread.start()
+            self._threads.add(thread)
+            _worker_threads[thread] = core
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Refuse new work and free the workers once the queue is drained.
@@ -92,7 +96,8 @@ class ThreadPoolExecutor(_piston.ThreadPool, _cf_thread.ThreadPoolExecutor):
         cancel_futures=True cancels the work that has not started.  With
         wait=True, returns after every worker has exited.
         """
-        self._shutdown_core(cancel_futures)
+        with self._shutdown_lock:
+            self._shutdown_core(cancel_futures)
         if wait:
             for thread in list(self._threads):
                 if thread is not threading.current_thread():
