@@ -11,7 +11,7 @@ import pytest
 
 # How long a single test may run before the whole run is aborted with every
 # thread's traceback dumped: a hang must fail loudly, never stall CI.
-HANG_GUARD_S = 120
+HANG_GUARD_S = float(os.environ.get("PISTON_TEST_HANG_GUARD", "120"))
 # How long leftover worker threads get to exit after a test.
 THREAD_EXIT_S = 15
 
@@ -165,41 +165,9 @@ def _no_thread_leak():
         f"> baseline {base_count}: {threading.enumerate()!r}")
 
 
-def run_script(script, impl, *args, timeout=60, **popen_kw):
-    """Runs `python -c script impl *args` with piston on PYTHONPATH; returns
-    CompletedProcess (text).  A hang past `timeout` fails the test."""
-    env = dict(os.environ)
-    if impl == "piston":
-        path = piston_pythonpath()
-        old = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = path + (os.pathsep + old if old else "")
-    env.setdefault("PYTHONFAULTHANDLER", "1")
-    try:
-        return subprocess.run(
-            [sys.executable, "-c", script, impl, *map(str, args)],
-            env=env, capture_output=True, text=True, timeout=timeout,
-            **popen_kw)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"subprocess hung for {timeout}s\nstdout:\n{exc.stdout}"
-                    f"\nstderr:\n{exc.stderr}", pytrace=False)
-
-
-def popen_script(script, impl, *args):
-    """Starts `python -c script impl *args` (piston on PYTHONPATH), pipes."""
-    env = dict(os.environ)
-    if impl == "piston":
-        path = piston_pythonpath()
-        old = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = path + (os.pathsep + old if old else "")
-    return subprocess.Popen(
-        [sys.executable, "-c", script, impl, *map(str, args)],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-
-
 # Preamble every subprocess script starts with: picks the implementation
-# named in argv[1] and makes SIGINT raise KeyboardInterrupt even when the
-# test runner was started with SIGINT ignored (background CI jobs).
+# named in argv[1] (Pool, Fut) and makes SIGINT raise KeyboardInterrupt even
+# when the test runner was started with SIGINT ignored (background CI jobs).
 SCRIPT_PREAMBLE = r'''
 import concurrent.futures as cf, os, signal, sys, threading, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -212,30 +180,60 @@ else:
 '''
 
 
-def sigint_while_waiting(impl, body, ready_timeout=30, exit_timeout=5):
-    """Runs a script whose `body` prints READY then blocks forever in a wait;
-    sends SIGINT ~0.5 s after READY and returns (rc, stdout, stderr).  The
-    child must exit within `exit_timeout` seconds of the signal."""
-    import signal
-    proc = popen_script(SCRIPT_PREAMBLE + body, impl)
+def _script_env(impl):
+    env = dict(os.environ)
+    if impl == "piston":
+        path = piston_pythonpath()
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = path + (os.pathsep + old if old else "")
+    env.setdefault("PYTHONFAULTHANDLER", "1")
+    return env
+
+
+def _argv(body, impl, args):
+    return [sys.executable, "-c", SCRIPT_PREAMBLE + body, impl,
+            *map(str, args)]
+
+
+def _run_script(body, impl, *args, timeout=60):
+    """Runs SCRIPT_PREAMBLE + body as `python -c` with argv[1] = impl and
+    piston on PYTHONPATH; returns the CompletedProcess (text).  A hang past
+    `timeout` seconds fails the test."""
     try:
-        # Wait for READY (import and set-up may take a while under ASan).
-        line = ""
+        return subprocess.run(_argv(body, impl, args), env=_script_env(impl),
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"subprocess hung for {timeout}s\nstdout:\n{exc.stdout}"
+                    f"\nstderr:\n{exc.stderr}", pytrace=False)
+
+
+def _sigint_while_waiting(body, impl, ready_timeout=60, exit_timeout=5):
+    """Runs SCRIPT_PREAMBLE + body, which prints READY and then blocks in a
+    wait nobody ends; sends SIGINT ~0.5 s after READY and returns (rc,
+    stdout, stderr).  The child must exit within `exit_timeout` seconds of
+    the signal."""
+    import selectors
+    import signal
+    proc = subprocess.Popen(_argv(body, impl, ()), env=_script_env(impl),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
         deadline = time.monotonic() + ready_timeout
-        import selectors
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while "READY" not in line:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                pytest.fail("child never printed READY", pytrace=False)
-            chunk = proc.stdout.readline()
-            if not chunk:
-                out, err = proc.communicate(timeout=10)
-                pytest.fail(f"child exited before READY: rc={proc.returncode}"
-                            f"\n{out}\n{err}", pytrace=False)
-            line = chunk
-        sel.close()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    pytest.fail("child never printed READY", pytrace=False)
+                line = proc.stdout.readline()
+                if not line:
+                    out, err = proc.communicate(timeout=10)
+                    pytest.fail(f"child exited before READY: "
+                                f"rc={proc.returncode}\n{out}\n{err}",
+                                pytrace=False)
+                if "READY" in line:
+                    break
         time.sleep(0.5)
         assert proc.poll() is None, "child stopped waiting on its own"
         proc.send_signal(signal.SIGINT)
@@ -251,3 +249,17 @@ def sigint_while_waiting(impl, body, ready_timeout=30, exit_timeout=5):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.fixture
+def run_script():
+    """run_script(body, impl, *args, timeout=60) -> CompletedProcess; the
+    body runs after SCRIPT_PREAMBLE, which defines Pool and Fut for impl."""
+    return _run_script
+
+
+@pytest.fixture
+def sigint_while_waiting():
+    """sigint_while_waiting(body, impl) -> (rc, stdout, stderr): Ctrl-C
+    sent to a child blocked in a wait after it printed READY."""
+    return _sigint_while_waiting

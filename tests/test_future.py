@@ -11,8 +11,6 @@ import weakref
 
 import pytest
 
-from conftest import sigint_while_waiting
-
 T = 30  # hang guard for waits that must succeed
 
 
@@ -959,28 +957,28 @@ def test_run_in_executor_with_future_type(future_cls):
 
 # ------------------------------------------------------------ Ctrl-C
 
-def test_ctrl_c_while_waiting_on_result(impl):
+def test_ctrl_c_while_waiting_on_result(impl, sigint_while_waiting):
     body = r'''
 fut = Fut()
 print("READY", flush=True)
 fut.result()
 print("UNREACHABLE", flush=True)
 '''
-    rc, out, err = sigint_while_waiting(impl, body)
+    rc, out, err = sigint_while_waiting(body, impl)
     assert "UNREACHABLE" not in out
     assert rc != 0
     assert "KeyboardInterrupt" in err, err
     assert "Traceback" in err
 
 
-def test_ctrl_c_while_waiting_in_cf_wait(impl):
+def test_ctrl_c_while_waiting_in_cf_wait(impl, sigint_while_waiting):
     body = r'''
 fut = Fut()
 print("READY", flush=True)
 cf.wait([fut])
 print("UNREACHABLE", flush=True)
 '''
-    rc, out, err = sigint_while_waiting(impl, body)
+    rc, out, err = sigint_while_waiting(body, impl)
     assert "UNREACHABLE" not in out
     assert rc != 0 and "KeyboardInterrupt" in err, err
 
@@ -1131,13 +1129,13 @@ def test_signal_handler_exception_interrupts_wait(future_cls, method,
 
 @pytest.mark.parametrize("call", ["result()", "result(timeout=60)",
                                   "exception()"])
-def test_ctrl_c_while_waiting_variants(impl, call):
+def test_ctrl_c_while_waiting_variants(impl, call, sigint_while_waiting):
     body = r'''
 fut = Fut()
 print("READY", flush=True)
 fut.%s
 print("UNREACHABLE", flush=True)
 ''' % call
-    rc, out, err = sigint_while_waiting(impl, body)
+    rc, out, err = sigint_while_waiting(body, impl)
     assert "UNREACHABLE" not in out
     assert rc != 0 and "KeyboardInterrupt" in err, err

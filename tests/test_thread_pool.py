@@ -1066,3 +1066,37 @@ def test_piston_user_completes_pool_future_early(pistonmod, caplog):
         assert f.result(timeout=T) == "mine"
         for i in range(3):
             assert ex.submit(add, i).result(timeout=T) == i
+
+
+# ---------------------------------------------- signals seen by task code
+
+def test_task_runs_with_submitters_signal_mask(make_pool):
+    # Threads inherit the creating thread's signal mask; code in a task
+    # (and every process it starts) must not find signals blocked.
+    import signal
+    ex = make_pool(max_workers=1)
+    mine = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    theirs = ex.submit(signal.pthread_sigmask, signal.SIG_BLOCK, []).result(
+        timeout=T)
+    assert theirs == mine
+
+
+def test_subprocess_started_by_task_can_be_terminated(make_pool):
+    import signal
+    import subprocess
+    import sys
+
+    def task():
+        p = subprocess.Popen([sys.executable, "-c",
+                              "import time; time.sleep(60)"])
+        try:
+            p.terminate()
+            try:
+                return p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                return "ignored SIGTERM"
+        finally:
+            p.kill()
+            p.wait()
+    ex = make_pool(max_workers=1)
+    assert ex.submit(task).result(timeout=T) == -signal.SIGTERM

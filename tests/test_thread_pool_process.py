@@ -6,12 +6,11 @@ import json
 
 import pytest
 
-from conftest import SCRIPT_PREAMBLE, run_script, sigint_while_waiting
 
 
 # --------------------------------------------- interpreter exit, pending work
 
-EXIT_WITH_PENDING = SCRIPT_PREAMBLE + r'''
+EXIT_WITH_PENDING = r'''
 path = sys.argv[2]
 ex = Pool(max_workers=4)
 
@@ -29,7 +28,7 @@ print("SUBMITTED", flush=True)
 '''
 
 
-def test_exit_with_pending_work_runs_everything(impl, tmp_path):
+def test_exit_with_pending_work_runs_everything(impl, tmp_path, run_script):
     out_file = tmp_path / "ran.txt"
     p = run_script(EXIT_WITH_PENDING, impl, out_file, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -39,7 +38,7 @@ def test_exit_with_pending_work_runs_everything(impl, tmp_path):
     assert sorted(map(int, lines)) == list(range(50))
 
 
-EXIT_WITH_IDLE_POOLS = SCRIPT_PREAMBLE + r'''
+EXIT_WITH_IDLE_POOLS = r'''
 pools = [Pool(max_workers=2) for _ in range(3)]
 for p in pools:
     assert p.submit(int, "7").result(timeout=30) == 7
@@ -50,7 +49,7 @@ sys.exit(0)
 '''
 
 
-def test_exit_with_idle_pools(impl):
+def test_exit_with_idle_pools(impl, run_script):
     p = run_script(EXIT_WITH_IDLE_POOLS, impl, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "OK"
@@ -59,7 +58,7 @@ def test_exit_with_idle_pools(impl):
 
 # --------------------------------------------------------------------- fork
 
-FORK_SCRIPT = SCRIPT_PREAMBLE + r'''
+FORK_SCRIPT = r'''
 import json, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
 
@@ -118,7 +117,7 @@ def _parse_fork_output(stdout):
     return child, parent, status
 
 
-def test_fork_with_live_pool_piston(pistonmod):
+def test_fork_with_live_pool_piston(pistonmod, run_script):
     """piston-only: after fork() the child's submit on the inherited pool
     runs on a fresh thread or raises a clear piston error; never hangs.
     (The stdlib pool hangs here: the child believes a parent worker is idle
@@ -140,7 +139,7 @@ def test_fork_with_live_pool_piston(pistonmod):
 
 # -------------------------------------------------------------------- Ctrl-C
 
-def test_ctrl_c_while_waiting_on_pool_task(impl):
+def test_ctrl_c_while_waiting_on_pool_task(impl, sigint_while_waiting):
     body = r'''
 stop = threading.Event()
 ex = Pool(max_workers=2)
@@ -152,13 +151,13 @@ try:
 finally:
     stop.set()  # lets the worker finish so exit-time join is prompt
 '''
-    rc, out, err = sigint_while_waiting(impl, body)
+    rc, out, err = sigint_while_waiting(body, impl)
     assert "UNREACHABLE" not in out
     assert rc != 0
     assert "KeyboardInterrupt" in err, err
 
 
-def test_ctrl_c_while_waiting_on_map(impl):
+def test_ctrl_c_while_waiting_on_map(impl, sigint_while_waiting):
     body = r'''
 stop = threading.Event()
 ex = Pool(max_workers=2)
@@ -170,7 +169,7 @@ try:
 finally:
     stop.set()
 '''
-    rc, out, err = sigint_while_waiting(impl, body)
+    rc, out, err = sigint_while_waiting(body, impl)
     assert "UNREACHABLE" not in out
     assert rc != 0 and "KeyboardInterrupt" in err, err
 
