@@ -1100,3 +1100,72 @@ def test_subprocess_started_by_task_can_be_terminated(make_pool):
             p.wait()
     ex = make_pool(max_workers=1)
     assert ex.submit(task).result(timeout=T) == -signal.SIGTERM
+
+
+# ------------------------------------------------------ subclassing, tools
+
+def test_map_goes_through_overridden_submit(executor_cls):
+    # Executor.map is defined in terms of self.submit: subclasses that wrap
+    # submit (context propagation, metrics, limits) see every map item.
+    seen = []
+
+    class Wrapping(executor_cls):
+        def submit(self, fn, /, *args, **kwargs):
+            seen.append(args)
+            return super().submit(fn, *args, **kwargs)
+    with Wrapping(max_workers=2) as ex:
+        assert list(ex.map(operator.neg, [1, 2, 3])) == [-1, -2, -3]
+        assert ex.submit(add, 1, 2).result(timeout=T) == 3
+    assert sorted(seen) == [(1,), (1, 2), (2,), (3,)]
+
+
+def test_subclass_with_extra_init(executor_cls):
+    class Named(executor_cls):
+        def __init__(self, label, **kw):
+            super().__init__(**kw)
+            self.label = label
+    with Named("x", max_workers=1, thread_name_prefix="pn-sub") as ex:
+        assert ex.label == "x"
+        assert ex.submit(thread_name).result(timeout=T).startswith("pn-sub")
+
+
+@pytest.mark.parametrize("n", [10**6, 2**31 - 1, 2**40])
+def test_huge_max_workers_accepted(make_pool, n):
+    # Threads start lazily, so a huge cap costs nothing until used.
+    ex = make_pool(max_workers=n)
+    assert ex._max_workers == n
+    assert ex.submit(add, 2).result(timeout=T) == 2
+    assert len(ex._threads) == 1
+
+
+def test_dropped_pool_still_runs_queued_work(executor_cls, make_event):
+    gate = make_event()
+    ex = executor_cls(max_workers=1)
+    first = ex.submit(gate.wait, T)
+    rest = [ex.submit(add, i) for i in range(20)]
+    del ex
+    gc.collect()
+    gate.set()
+    assert first.result(timeout=T) is True
+    assert [f.result(timeout=T) for f in rest] == list(range(20))
+
+
+@pytest.mark.parametrize("hook", ["settrace", "setprofile"])
+def test_threading_trace_and_profile_hooks_reach_tasks(make_pool, hook):
+    # coverage.py and profilers install themselves with threading.settrace
+    # / setprofile; task code in workers started afterwards must be seen.
+    seen = set()
+
+    def tracer(frame, event, arg):
+        seen.add(frame.f_code.co_name)
+        return None
+
+    def traced_task_body():
+        return 7
+    getattr(threading, hook)(tracer)
+    try:
+        ex = make_pool(max_workers=1)
+        assert ex.submit(traced_task_body).result(timeout=T) == 7
+    finally:
+        getattr(threading, hook)(None)
+    assert "traced_task_body" in seen

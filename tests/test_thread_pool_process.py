@@ -211,3 +211,78 @@ def test_piston_errors_are_raisable_and_catchable(pistonmod):
     with pytest.raises(cf.process.BrokenProcessPool):
         raise pistonmod.WorkerCrashedError("x")
     assert issubclass(pistonmod.PistonError, Exception)
+
+
+SUBMIT_AT_EXIT = r'''
+import atexit
+used = Pool(max_workers=2)
+used.submit(int).result(timeout=30)
+unused = Pool(max_workers=2)
+
+def at_exit():
+    for name, ex in (("used", used), ("unused", unused)):
+        try:
+            ex.submit(int, "4").result(timeout=10)
+            print(name, "ACCEPTED", flush=True)
+        except RuntimeError:
+            print(name, "RuntimeError", flush=True)
+atexit.register(at_exit)
+'''
+
+
+def test_submit_during_interpreter_exit_runtime_error(impl, run_script):
+    p = run_script(SUBMIT_AT_EXIT, impl, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["used", "RuntimeError",
+                                "unused", "RuntimeError"], p.stdout
+
+
+FORK_WAIT_PREFORK_FUTURE = r'''
+import json, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+ex = Pool(max_workers=1)
+gate = threading.Event()
+started = threading.Event()
+running = ex.submit(lambda: (started.set(), gate.wait(30))[1])
+queued = ex.submit(int, "1")
+assert started.wait(30)
+sys.stdout.flush(); sys.stderr.flush()
+pid = os.fork()
+if pid == 0:
+    # The child waits on futures first, before touching the pool again.
+    out = {}
+    for name, f in (("running", running), ("queued", queued)):
+        try:
+            out[name] = ["result", repr(f.result(timeout=10))]
+        except BaseException as e:
+            out[name] = [type(e).__name__,
+                         [c.__name__ for c in type(e).__mro__], str(e)]
+    print("CHILD " + json.dumps(out), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+gate.set()
+print("PARENT " + json.dumps([running.result(timeout=30),
+                              queued.result(timeout=30)]), flush=True)
+ex.shutdown()
+'''
+
+
+def test_fork_child_waiting_on_prefork_future_piston(pistonmod, run_script):
+    """piston-only: in a fork child, futures of work that lives in the
+    parent (running or queued at fork time) end with a clear piston error
+    even if the child waits on them before touching the pool (a hang, or a
+    TimeoutError here, is the stdlib's behaviour and a failure)."""
+    p = run_script(FORK_WAIT_PREFORK_FUTURE, "piston", timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    child = parent = None
+    for line in p.stdout.splitlines():
+        if line.startswith("CHILD "):
+            child = json.loads(line[6:])
+        elif line.startswith("PARENT "):
+            parent = json.loads(line[7:])
+    assert parent == [True, 1], p.stdout
+    assert child is not None, p.stdout + p.stderr
+    for name in ("running", "queued"):
+        kind, mro, msg = child[name]
+        assert "PistonError" in mro, (name, child[name])
+        assert "fork" in msg, (name, child[name])
