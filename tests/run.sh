@@ -37,6 +37,13 @@ export PYTHONDONTWRITEBYTECODE=1
 
 note() { printf '   %s\n' "$*"; }
 
+# Runs a pip command, hiding its notes about configured index locations that
+# do not exist on this machine (they say nothing about the install).
+pip_quiet() {
+    "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+}
+
 # --- finding interpreters -------------------------------------------------
 
 # Prints the path of a python for version X.Y, or nothing.  3.11 is the
@@ -94,6 +101,23 @@ print("\n".join(project["optional-dependencies"]["test"]))
 EOF
 }
 
+# The piston._piston file the venv's python would import, found without
+# importing anything (piston/__init__ loads the extension, and a sanitized
+# one must not be loaded without libasan preloaded).
+extension_path() {
+    (cd "$SCRATCH" && "$1/bin/python" -P -c '
+import glob, importlib.machinery as m, importlib.util as u, os
+spec = u.find_spec("piston")
+for d in spec.submodule_search_locations:
+    for suffix in m.EXTENSION_SUFFIXES:
+        f = os.path.join(d, "_piston" + suffix)
+        if os.path.exists(f):
+            print(f)
+            raise SystemExit(0)
+raise SystemExit("piston/_piston extension not found in %s"
+                 % list(spec.submodule_search_locations))')
+}
+
 # setup_venv NAME PYTHON BUILD_ENV...: a venv at $SCRATCH/NAME with the test
 # deps from the package index and piston built from a clean copy with the
 # given build variables (PISTON_STRICT=1, PISTON_SANITIZE=1, ...).
@@ -108,27 +132,27 @@ setup_venv() {
     fi
     echo "-- pip install test deps: $(test_requirements "$venv/bin/python" | tr '\n' ' ')"
     test_requirements "$venv/bin/python" >"$SCRATCH/requirements-test.txt"
-    "$venv/bin/python" -m pip install -q -r "$SCRATCH/requirements-test.txt"
+    pip_quiet "$venv/bin/python" -m pip install -q -r "$SCRATCH/requirements-test.txt"
     echo "-- build + install piston with $* (log: $blog)"
     copy_source "$src"
     if ! env "$@" "$venv/bin/python" -m pip install -v --no-deps \
             --force-reinstall "$src" >"$blog" 2>&1; then
         echo "!! build failed; the compiler said:"
-        grep -E 'error|warning|Error' "$blog" | grep -v '^ *Running\|^ *running' \
-            | head -60 | sed 's/^/   | /'
+        grep -E -A3 '\.[ch]:[0-9]+:[0-9]+: (error|warning):' "$blog" \
+            | head -80 | sed 's/^/   | /'
         echo "   (last lines of $blog)"
         tail -25 "$blog" | sed 's/^/   | /'
         return 1
     fi
     # Warnings are errors under PISTON_STRICT; elsewhere they are shown.
-    if grep -q 'warning:' "$blog"; then
+    if grep -qE '\.[ch]:[0-9]+:[0-9]+: warning:' "$blog"; then
         echo "   compiler warnings:"
-        grep -A3 'warning:' "$blog" | head -40 | sed 's/^/   | /'
+        grep -E -A3 '\.[ch]:[0-9]+:[0-9]+: warning:' "$blog" | head -60 \
+            | sed 's/^/   | /'
     fi
     # The suite must test the installed package, never python/ in the tree.
     local where
-    where=$(cd "$SCRATCH" && "$venv/bin/python" -P -c \
-        'import importlib.util as u; print(u.find_spec("piston._piston").origin)')
+    where=$(extension_path "$venv")
     case "$where" in
         "$venv"/*) note "installed: $where" ;;
         *) echo "!! piston._piston resolves to $where, not inside $venv"; return 1 ;;
@@ -149,7 +173,9 @@ run_pytest() {
         timeout -k 30 "$PYTEST_TIMEOUT" \
         "$venv/bin/python" -P -X faulthandler -m pytest tests -q -ra \
         -p no:cacheprovider -p pn_ci_plugin \
-        -o faulthandler_timeout=600 "${EXTRA_PYTEST_ARGS[@]}" || rc=$?
+        -o faulthandler_timeout=600 "${JOB_PYTEST_ARGS[@]}" \
+        "${EXTRA_PYTEST_ARGS[@]}" 2>&1 | tee "$LOGS/pytest-$JOB.out" \
+        || rc=${PIPESTATUS[0]}
     case $rc in
         0) ;;
         5) echo "!! pytest collected no tests (exit 5): that is a failure" ;;
@@ -158,6 +184,7 @@ run_pytest() {
     esac
     return "$rc"
 }
+JOB_PYTEST_ARGS=()
 
 # --- the jobs ---------------------------------------------------------------
 
@@ -180,18 +207,19 @@ job_asan() {
     py=$(find_python 3.11)
     setup_venv asan-py311 "$py" PISTON_SANITIZE=1
     local venv=$SCRATCH/asan-py311
-    so=$(cd "$SCRATCH" && "$venv/bin/python" -P -c \
-        'import importlib.util as u; print(u.find_spec("piston._piston").origin)')
-    # Proof that the module under test is the instrumented one.
-    if ! nm -D "$so" | grep -q '__asan_init\|__asan_version_mismatch_check'; then
+    so=$(extension_path "$venv")
+    # Proof that the module under test is the instrumented one (symbols to
+    # a file first: `nm | grep -q` dies of SIGPIPE under pipefail).
+    nm -D "$so" >"$LOGS/asan-symbols.txt"
+    if ! grep -q ' U __asan_init' "$LOGS/asan-symbols.txt"; then
         echo "!! $so is not built with AddressSanitizer"
         return 1
     fi
-    if ! nm -D "$so" | grep -q '__ubsan_handle_'; then
+    if ! grep -q ' U __ubsan_handle_' "$LOGS/asan-symbols.txt"; then
         echo "!! $so is not built with UBSan"
         return 1
     fi
-    note "instrumented: $(nm -D "$so" | grep -c ' U __asan_') ASan and $(nm -D "$so" | grep -c ' U __ubsan_') UBSan runtime references"
+    note "instrumented: $(grep -c ' U __asan_' "$LOGS/asan-symbols.txt") ASan and $(grep -c ' U __ubsan_' "$LOGS/asan-symbols.txt") UBSan runtime symbols referenced; needs $(ldd "$so" | grep -o 'lib[a-z]*san[^ ]*' | tr '\n' ' ')"
     libasan=$(gcc -print-file-name=libasan.so)
     libubsan=$(gcc -print-file-name=libubsan.so)
     [ -e "$libasan" ] || { echo "!! libasan not found ($libasan)"; return 1; }
@@ -216,8 +244,20 @@ job_asan() {
         "$venv/bin/python" -P -c 'import piston, piston._piston as m; print("   imported", m.__file__)' \
         || { echo "!! importing the sanitized build failed"; cat "$reports"/* 2>/dev/null | head -80; return 1; }
     local rc=0
+    # --capture=no: sanitizer reports are written by C code to fd 2, which
+    # pytest's fd capture would swallow along with the aborting test (and
+    # UBSan ignores log_path when ASan is loaded), so they reach the log and
+    # are looked for below.  The suite prints little; capfd still works.
+    JOB_PYTEST_ARGS=(--capture=no)
     run_pytest "$venv" LD_PRELOAD="$preload" PYTHONMALLOC=malloc \
         ASAN_OPTIONS="$asan_opts" UBSAN_OPTIONS="$ubsan_opts" || rc=$?
+    if grep -qE 'runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer' \
+            "$LOGS/pytest-$JOB.out"; then
+        echo "!! sanitizer report(s) in the pytest output:"
+        grep -E -A12 'runtime error:|ERROR: AddressSanitizer' \
+            "$LOGS/pytest-$JOB.out" | head -60 | sed 's/^/   | /'
+        [ "$rc" -eq 0 ] && rc=1
+    fi
     shopt -s nullglob
     local files=("$reports"/*)
     shopt -u nullglob
@@ -260,6 +300,7 @@ run_job() {
     local job=$1 fn rc=0 t0=$SECONDS
     shift
     ORDER+=("$job")
+    JOB=$job
     echo
     echo "==================== job $job ===================="
     # A subshell with errexit: a failing step ends the job, not the run.

@@ -16,8 +16,10 @@ VARIANTS=${PISTON_C_VARIANTS:-plain asan}
 CC=${CC:-gcc}
 CASE_TIMEOUT=${PISTON_C_CASE_TIMEOUT:-60}
 
+# The engine is compiled as setup.py compiles it (gnu11, _GNU_SOURCE), with
+# warnings as errors.
 # shellcheck disable=SC2206
-BASE_FLAGS=(-std=gnu11 -Wall -Wextra -Werror -pthread -I"$ROOT/csrc"
+BASE_FLAGS=(-std=gnu11 -D_GNU_SOURCE=1 -Wall -Wextra -Werror -pthread -I"$ROOT/csrc"
             -I"$ROOT/tests/c" ${PISTON_C_CFLAGS:-})
 declare -A VARIANT_FLAGS=(
     [plain]="-O2 -g"
