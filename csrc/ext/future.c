@@ -1,11 +1,10 @@
 /* piston.Future: a concurrent.futures.Future in C whose waiters sleep on a
  * futex without the GIL. */
 #include "ext/future.h"
-#include "core/pn_futex.h"
+#include "core/pn_spin.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <sched.h>
 #include <stddef.h>
 #include <unistd.h>
 
@@ -98,21 +97,20 @@ pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
             atomic_fetch_add_explicit(spinners, 1, memory_order_release);
         }
         if (ncpus() > 1) {
-            int64_t stop = pn_monotonic_ns() + PN_SPIN_NS;
-            if (deadline_ns != PN_FOREVER && deadline_ns < stop) {
-                stop = deadline_ns;
+            pn_spinner spin;
+            int64_t budget = PN_SPIN_NS;
+            if (deadline_ns != PN_FOREVER) {
+                int64_t left = deadline_ns - pn_monotonic_ns();
+                budget = left < budget ? left : budget;
             }
-            for (unsigned i = 1;; i++) {
+            pn_spinner_init(&spin, budget);
+            do {
                 if (atomic_load_explicit(word, memory_order_acquire)
                     != seen) {
                     changed = 1;
                     break;
                 }
-                pn_cpu_relax();
-                if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
-                    break;
-                }
-            }
+            } while (pn_spinner_step(&spin));
         }
         if (!changed) {
             /* Pairs with the completer's seq_cst store of the word and load
@@ -160,15 +158,11 @@ set_state(pn_future *f, uint32_t s)
 static void
 wait_published(pn_future *f)
 {
-    unsigned spins = 0;
+    pn_spinner spin;
+    pn_spinner_init(&spin, PN_FOREVER);
     /* Acquire pairs with the release store in pn_future_publish_staged. */
     while (atomic_load_explicit(&f->publishing, memory_order_acquire)) {
-        if (++spins < 1000) {
-            pn_cpu_relax();
-        }
-        else {
-            sched_yield();
-        }
+        pn_spinner_step(&spin);
     }
 }
 

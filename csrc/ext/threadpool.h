@@ -29,11 +29,12 @@ typedef struct pn_tpcore {
     pn_workq q;
     int q_ready;
     int shutdown;                   /* no new work accepted */
-    unsigned max_workers;
+    Py_ssize_t max_workers;
     PyObject *broken;               /* NULL, or why the pool is broken */
     PyObject *initializer;
     PyObject *initargs;
-    pn_worker_slot *slots;          /* max_workers of them */
+    pn_worker_slot *slots;          /* grown as workers start */
+    Py_ssize_t nslots;
 } pn_tpcore;
 
 /* Item states of a map job. */
