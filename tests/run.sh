@@ -53,7 +53,8 @@ find_python() {
     for exe in python3 "python$want"; do
         if command -v "$exe" >/dev/null 2>&1 \
             && [ "$("$exe" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$want" ]; then
-            command -v "$exe"
+            # The real interpreter, not a pyenv shim.
+            "$exe" -c 'import sys; print(sys.executable)'
             return 0
         fi
     done
@@ -157,6 +158,7 @@ setup_venv() {
         "$venv"/*) note "installed: $where" ;;
         *) echo "!! piston._piston resolves to $where, not inside $venv"; return 1 ;;
     esac
+    touch "$SCRATCH/.built-$name"
 }
 
 # run_pytest VENV [ENV...]: the suite against the installed package.  -P keeps
@@ -280,7 +282,6 @@ job_leaks() {
     # Reuse the py311 job's venv when it was built in this run.
     if [ ! -e "$SCRATCH/.built-py311" ]; then
         setup_venv py311 "$py" PISTON_STRICT=1
-        touch "$SCRATCH/.built-py311"
     else
         note "reusing $venv"
     fi
@@ -294,7 +295,7 @@ job_leaks() {
 
 declare -A RESULT DURATION
 ORDER=()
-rm -f "$SCRATCH/.built-py311"
+rm -f "$SCRATCH"/.built-*
 
 run_job() {
     local job=$1 fn rc=0 t0=$SECONDS
@@ -314,9 +315,6 @@ run_job() {
         3) RESULT[$job]=skipped ;;
         *) RESULT[$job]="FAILED (exit $rc)" ;;
     esac
-    if [ "$job" = py311 ] && [ "$rc" = 0 ]; then
-        touch "$SCRATCH/.built-py311"
-    fi
     echo "==================== job $job: ${RESULT[$job]} in ${DURATION[$job]}s"
 }
 
