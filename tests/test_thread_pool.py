@@ -1092,7 +1092,7 @@ def test_subprocess_started_by_task_can_be_terminated(make_pool):
         try:
             p.terminate()
             try:
-                return p.wait(timeout=10)
+                return p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 return "ignored SIGTERM"
         finally:

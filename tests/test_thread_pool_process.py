@@ -253,7 +253,7 @@ if pid == 0:
     out = {}
     for name, f in (("running", running), ("queued", queued)):
         try:
-            out[name] = ["result", repr(f.result(timeout=10))]
+            out[name] = ["result", repr(f.result(timeout=5))]
         except BaseException as e:
             out[name] = [type(e).__name__,
                          [c.__name__ for c in type(e).__mro__], str(e)]
