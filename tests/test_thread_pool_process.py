@@ -286,3 +286,29 @@ def test_fork_child_waiting_on_prefork_future_piston(pistonmod, run_script):
         kind, mro, msg = child[name]
         assert "PistonError" in mro, (name, child[name])
         assert "fork" in msg, (name, child[name])
+
+
+SUBMIT_FROM_TASK_AT_EXIT = r'''
+log = open(sys.argv[2], "w")
+ex = Pool(max_workers=2)
+
+def chain(i):
+    time.sleep(0.05)
+    try:
+        ex.submit(chain, i + 1)
+        log.write(f"{i} submitted\n")
+    except RuntimeError:
+        log.write(f"{i} RuntimeError\n")
+    log.flush()
+ex.submit(chain, 0)
+# Exit at once: the running task's own submit() meets interpreter exit.
+'''
+
+
+def test_task_submitting_during_exit_gets_runtime_error(impl, tmp_path,
+                                                        run_script):
+    log = tmp_path / "chain.txt"
+    p = run_script(SUBMIT_FROM_TASK_AT_EXIT, impl, log, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert log.read_text().splitlines() == ["0 RuntimeError"]
