@@ -1169,3 +1169,30 @@ def test_threading_trace_and_profile_hooks_reach_tasks(make_pool, hook):
     finally:
         getattr(threading, hook)(None)
     assert "traced_task_body" in seen
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, 10])
+def test_map_exception_does_not_stop_other_items(make_pool, chunksize):
+    # Every item is a task of its own: one raising does not keep the rest
+    # of its chunk from running (unlike the stdlib process pool's chunks).
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        if x == 2:
+            raise KeyError(x)
+        return x
+    ex = make_pool(max_workers=1)
+    it = ex.map(f, range(10), chunksize=chunksize)
+    ex.shutdown(wait=True)
+    assert sorted(calls) == list(range(10))
+    got = []
+    with pytest.raises(KeyError):
+        for v in it:
+            got.append(v)
+    assert got == [0, 1]
+
+
+def test_map_without_iterables(make_pool):
+    ex = make_pool(max_workers=1)
+    assert list(ex.map(abs)) == []
