@@ -1196,3 +1196,75 @@ def test_map_exception_does_not_stop_other_items(make_pool, chunksize):
 def test_map_without_iterables(make_pool):
     ex = make_pool(max_workers=1)
     assert list(ex.map(abs)) == []
+
+
+def test_map_items_and_results_released(make_pool):
+    class Obj:
+        pass
+    ex = make_pool(max_workers=2)
+    args = [Obj() for _ in range(50)]
+    arg_refs = [weakref.ref(a) for a in args]
+    it = ex.map(lambda a: (a, Obj()), args, chunksize=7)
+    out = list(it)
+    res_refs = [weakref.ref(r) for _, r in out]
+    del args, out, it
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline and any(
+            r() is not None for r in arg_refs + res_refs):
+        gc.collect()
+        time.sleep(0.01)
+    assert all(r() is None for r in arg_refs), "map arguments leaked"
+    assert all(r() is None for r in res_refs), "map results leaked"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("what", ["result", "map", "wait"])
+def test_signal_handler_exception_interrupts_pool_waits(make_pool,
+                                                        make_event, what):
+    import signal
+    assert threading.current_thread() is threading.main_thread()
+    ex = make_pool(max_workers=2)
+    gate = make_event()
+    armed, handled, disarmed = (threading.Event() for _ in range(3))
+
+    def handler(signum, frame):
+        if armed.is_set() and not disarmed.is_set():
+            handled.set()
+            raise _Interrupt()
+
+    def helper():
+        armed.wait(T)
+        time.sleep(0.05)  # let the main thread enter the wait
+        main = threading.main_thread().ident
+        deadline = time.monotonic() + 10
+        while not handled.is_set() and time.monotonic() < deadline:
+            signal.pthread_kill(main, signal.SIGUSR1)
+            handled.wait(0.05)
+    old = signal.signal(signal.SIGUSR1, handler)
+    t = threading.Thread(target=helper)
+    try:
+        t.start()
+        with pytest.raises(_Interrupt):
+            if what == "result":
+                f = ex.submit(gate.wait, T)
+                armed.set()
+                f.result()
+            elif what == "map":
+                it = ex.map(gate.wait, [T] * 4, chunksize=2)
+                armed.set()
+                list(it)
+            else:
+                fs = [ex.submit(gate.wait, T) for _ in range(2)]
+                armed.set()
+                cf.wait(fs)
+    finally:
+        disarmed.set()
+        handled.set()
+        armed.set()
+        t.join()
+        signal.signal(signal.SIGUSR1, old)
+    gate.set()
+    assert ex.submit(add, 1).result(timeout=T) == 1
