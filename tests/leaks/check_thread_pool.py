@@ -545,13 +545,12 @@ def run_check(name, impl, warmup, rounds, leak, thresholds, quiet=False):
         print(f"{name} [{impl.__name__}, leak={leak}] {warmup} warm-up + "
               f"{rounds} rounds in {elapsed:.1f}s")
         for m in thresholds:
-            row = " ".join(fmt(m, v) for v in series[m])
             early, mid, late, growth, bad = verdict[m]
-            print(f"  {m:8} {row}")
-            print(f"  {'':8} thirds {fmt(m, early)} -> {fmt(m, mid)} -> "
-                  f"{fmt(m, late)}, growth {fmt(m, growth)} "
-                  f"(limit {fmt(m, thresholds[m])}): "
-                  f"{'KEEPS GROWING' if bad else 'ok'}")
+            row = " ".join(fmt(m, v) for v in series[m])
+            print(f"  {m:7} {'KEEPS GROWING' if bad else 'ok':13} thirds "
+                  f"{fmt(m, early)} -> {fmt(m, mid)} -> {fmt(m, late)} "
+                  f"(growth {fmt(m, growth)}, limit {fmt(m, thresholds[m])})"
+                  f"  rounds: {row}")
     return leaking, series
 
 
