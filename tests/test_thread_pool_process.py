@@ -312,3 +312,19 @@ def test_task_submitting_during_exit_gets_runtime_error(impl, tmp_path,
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr, p.stderr
     assert log.read_text().splitlines() == ["0 RuntimeError"]
+
+
+def test_ctrl_c_while_shutdown_waits(impl, sigint_while_waiting):
+    body = r'''
+stop = threading.Event()
+try:
+    with Pool(max_workers=2) as ex:
+        ex.submit(stop.wait)
+        print("READY", flush=True)
+    print("UNREACHABLE", flush=True)
+finally:
+    stop.set()
+'''
+    rc, out, err = sigint_while_waiting(body, impl)
+    assert "UNREACHABLE" not in out
+    assert rc != 0 and "KeyboardInterrupt" in err, err
