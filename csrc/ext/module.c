@@ -15,8 +15,8 @@
     X(RLockType) X(state_names[0]) X(state_names[1]) X(state_names[2])      \
     X(state_names[3]) X(state_names[4]) X(str_acquire) X(str_release)       \
     X(str_add_result) X(str_add_exception) X(str_add_cancelled)             \
-    X(str_exception) X(str_critical) X(ThreadPoolCoreType) X(MapJobType)    \
-    X(MapIteratorType)                                                      \
+    X(str_exception) X(ThreadPoolType) X(ThreadPoolCoreType)                \
+    X(str_start_worker) X(MapJobType) X(MapIteratorType)                    \
     /* loop */                                                              \
     X(HandleType) X(TimerHandleType) X(LoopCoreType) X(handle_repr)         \
     X(aio_Future) X(kwnames_loop)
@@ -92,11 +92,9 @@ module_exec(PyObject *m)
         pn_raise_errno(-err);
         return -1;
     }
-    /* TEMP(loop branch): future.c and threadpool.c land on main; restore
-     * their hooks when merging main. */
-    if (pn_errors_exec(m, st) < 0 /* || pn_future_exec(m, st) < 0
-        || pn_threadpool_exec(m, st) < 0 */
-        || pn_handle_exec(m, st) < 0 || pn_loop_exec(m, st) < 0) {
+    if (pn_errors_exec(m, st) < 0 || pn_future_exec(m, st) < 0
+        || pn_threadpool_exec(m, st) < 0 || pn_handle_exec(m, st) < 0
+        || pn_loop_exec(m, st) < 0) {
         return -1;
     }
     return 0;
@@ -120,7 +118,7 @@ static PyModuleDef_Slot module_slots[] = {
 PyModuleDef pn_moduledef = {
     PyModuleDef_HEAD_INIT,
     .m_name = "piston._piston",
-    .m_doc = "piston's C engines: futures, thread pool.",
+    .m_doc = "piston's C engines: futures, thread pool, event loop.",
     .m_size = sizeof(pn_state),
     .m_methods = module_methods,
     .m_slots = module_slots,

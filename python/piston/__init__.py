@@ -20,10 +20,20 @@ import sys as _sys
 if not _sys.platform.startswith("linux"):  # pragma: no cover
     raise ImportError("piston needs Linux (epoll, eventfd, memfd, pidfd, futex)")
 
+try:
+    from piston import _piston as _ext  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "piston's C extension piston._piston is not built or does not load "
+        "(%s). Install piston with 'pip install .' from the source tree, or "
+        "build it in place with 'python setup.py build_ext --inplace'." % _exc
+    ) from _exc
+
 from piston._piston import (  # noqa: E402
     BrokenPool,
     BrokenProcessPool,
     BrokenThreadPool,
+    Future,
     Handle,
     PistonError,
     TaskTimeoutError,
@@ -32,14 +42,7 @@ from piston._piston import (  # noqa: E402
     kernel_features,
 )
 
-# TEMP(loop branch): Future and the thread pool land on main; drop this
-# guard when merging main.
-try:
-    from piston._piston import Future  # noqa: E402
-    from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
-except ImportError:  # pragma: no cover
-    pass
-
+from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
 from piston._loop import Loop, new_event_loop  # noqa: E402
 from piston._policy import install, run  # noqa: E402
 

@@ -2,24 +2,15 @@
  * its back. */
 #include "core/pn_futex.h"
 #include "core/pn_poll.h"
+#include "pn_test.h"
 
 #include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__,         \
-                    __LINE__, #cond);                                      \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
+#define CHECK(cond) PN_CHECK(cond)
 
-int
-main(void)
+PN_TEST(interest_timeouts_stale_fds)
 {
     pn_poll *p;
     pn_poll_event ev[8];
@@ -71,6 +62,11 @@ main(void)
     close(sv[0]);
     close(sv[1]);
     pn_poll_close(p);
-    printf("test_poll: ok\n");
-    return 0;
 }
+
+static const pn_test_case cases[] = {
+    PN_CASE(interest_timeouts_stale_fds),
+    {NULL, NULL},
+};
+
+PN_TEST_MAIN(cases)

@@ -1,21 +1,12 @@
 /* Tests the ready queue ring: FIFO across wrap-around and growth. */
 #include "core/pn_readyq.h"
+#include "pn_test.h"
 
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__,         \
-                    __LINE__, #cond);                                      \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
+#define CHECK(cond) PN_CHECK(cond)
 
-int
-main(void)
+PN_TEST(fifo_wraps_and_grows)
 {
     pn_readyq q;
     uintptr_t next_in = 1, next_out = 1;
@@ -45,6 +36,11 @@ main(void)
     CHECK(next_in == next_out);
     CHECK(pn_readyq_pop(&q) == NULL);
     pn_readyq_destroy(&q);
-    printf("test_readyq: ok\n");
-    return 0;
 }
+
+static const pn_test_case cases[] = {
+    PN_CASE(fifo_wraps_and_grows),
+    {NULL, NULL},
+};
+
+PN_TEST_MAIN(cases)

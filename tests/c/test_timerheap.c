@@ -1,17 +1,9 @@
 /* Tests the timer min-heap: order, ties by insertion, removal anywhere. */
 #include "core/pn_timerheap.h"
+#include "pn_test.h"
 
-#include <stdio.h>
-#include <stdlib.h>
 
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__,         \
-                    __LINE__, #cond);                                      \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
+#define CHECK(cond) PN_CHECK(cond)
 
 #define N 5000
 
@@ -22,8 +14,7 @@ typedef struct item {
 
 static item items[N];
 
-static void
-test_order_and_ties(void)
+PN_TEST(order_and_ties)
 {
     pn_timerheap h;
     double prev_when = -1;
@@ -56,8 +47,7 @@ test_order_and_ties(void)
     pn_timerheap_destroy(&h);
 }
 
-static void
-test_remove(void)
+PN_TEST(remove)
 {
     pn_timerheap h;
     double prev = -1;
@@ -92,11 +82,11 @@ test_remove(void)
     CHECK(!pn_timer_queued(&items[0].timer));
 }
 
-int
-main(void)
-{
-    test_order_and_ties();
-    test_remove();
-    printf("test_timerheap: ok\n");
-    return 0;
-}
+
+static const pn_test_case cases[] = {
+    PN_CASE(order_and_ties),
+    PN_CASE(remove),
+    {NULL, NULL},
+};
+
+PN_TEST_MAIN(cases)

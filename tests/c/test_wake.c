@@ -1,20 +1,12 @@
 /* Tests eventfd wake-ups: coalescing, cross-thread wake of a poller. */
 #include "core/pn_poll.h"
 #include "core/pn_wake.h"
+#include "pn_test.h"
 
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <unistd.h>
 
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__,         \
-                    __LINE__, #cond);                                      \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
+#define CHECK(cond) PN_CHECK(cond)
 
 static pn_wake wake;
 static _Atomic int published;
@@ -29,8 +21,7 @@ signaller(void *arg)
     return NULL;
 }
 
-int
-main(void)
+PN_TEST(coalesce_and_cross_thread)
 {
     pn_poll *p;
     pn_poll_event ev[4];
@@ -63,6 +54,11 @@ main(void)
 
     pn_poll_close(p);
     pn_wake_close(&wake);
-    printf("test_wake: ok\n");
-    return 0;
 }
+
+static const pn_test_case cases[] = {
+    PN_CASE(coalesce_and_cross_thread),
+    {NULL, NULL},
+};
+
+PN_TEST_MAIN(cases)
