@@ -1,0 +1,253 @@
+"""Runs the loop-agnostic parts of CPython's own test.test_asyncio with
+piston's loop swapped in, one process per module, each inside a private
+network namespace (unshare --net, only `lo` up: some upstream tests mock
+sockets and could otherwise dial out).
+
+    python tests/cpython_compat/run.py                 # all modules
+    python tests/cpython_compat/run.py test_tasks      # some modules
+    python tests/cpython_compat/run.py --baseline      # also on asyncio
+    python tests/cpython_compat/run.py --timeout 600
+
+Prints passed/failed/skipped per module.  Every test failing on piston must
+be listed in expected_failures.txt with its reason; the run fails on any
+failure not listed there (and reports listed ones that now pass).
+
+How the loop is swapped in:
+  * asyncio's default policy creates piston loops (asyncio.run,
+    asyncio.Runner, IsolatedAsyncioTestCase, asyncio.new_event_loop);
+  * test_events' EventLoopTestsMixin and test_sock_lowlevel's
+    BaseSockTestsMixin are subclassed with create_event_loop returning a
+    piston loop, and only those classes run in those modules.
+Tests built on test_utils.TestLoop (a virtual-time BaseEventLoop) keep
+using it: they test asyncio's Tasks and Futures, which piston reuses.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+MODULES = [
+    "test_tasks", "test_futures", "test_futures2", "test_locks",
+    "test_queues", "test_taskgroups", "test_timeouts", "test_waitfor",
+    "test_runners", "test_context", "test_pep492", "test_threads",
+    "test_sock_lowlevel", "test_events",
+]
+
+# Modules where only the mixin subclasses below run.
+MIXINS = {
+    "test_events": "EventLoopTestsMixin",
+    "test_sock_lowlevel": "BaseSockTestsMixin",
+}
+
+RESULT_TAG = "COMPAT-RESULT "
+
+
+# --- child: run one module --------------------------------------------------
+
+def _child(module, loop_kind):
+    import asyncio
+    import unittest
+
+    if loop_kind == "piston":
+        import piston
+        from asyncio import unix_events
+
+        unix_events._UnixDefaultEventLoopPolicy._loop_factory = piston.Loop
+        factory = piston.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+
+    import importlib
+
+    mod = importlib.import_module("test.test_asyncio." + module)
+    loader = unittest.TestLoader()
+    if module in MIXINS:
+        from test.test_asyncio import utils as test_utils
+
+        mixin = getattr(mod, MIXINS[module])
+        cls = type(
+            "Piston" + MIXINS[module].replace("Mixin", ""),
+            (mixin, test_utils.TestCase),
+            {"create_event_loop": lambda self: factory(),
+             "__module__": mod.__name__})
+        suite = loader.loadTestsFromTestCase(cls)
+        setup = getattr(mod, "setUpModule", None)
+        teardown = getattr(mod, "tearDownModule", None)
+    else:
+        suite = loader.loadTestsFromModule(mod)
+        setup = teardown = None
+
+    class Result(unittest.TextTestResult):
+        pass
+
+    stream = open(os.devnull, "w")
+    runner = unittest.TextTestRunner(stream=stream, verbosity=0,
+                                     resultclass=Result)
+    if setup is not None:
+        setup()
+    t0 = time.monotonic()
+    try:
+        result = runner.run(suite)
+    finally:
+        if teardown is not None:
+            teardown()
+
+    def ids(pairs):
+        return sorted(_short_id(t) for t, _ in pairs)
+
+    failed = ids(result.failures) + ids(result.errors) \
+        + sorted(_short_id(t) for t in result.unexpectedSuccesses)
+    details = {}
+    for t, tb in result.failures + result.errors:
+        details[_short_id(t)] = tb.strip().splitlines()[-1][:300]
+    out = {
+        "module": module,
+        "loop": loop_kind,
+        "run": result.testsRun,
+        "failed": failed,
+        "skipped": len(result.skipped),
+        "details": details,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    sys.stdout.flush()
+    print(RESULT_TAG + json.dumps(out), flush=True)
+
+
+def _short_id(test):
+    # "test.test_asyncio.test_tasks.CTask_CFuture_Tests.test_foo" ->
+    # "test_tasks.CTask_CFuture_Tests.test_foo"
+    tid = test.id()
+    prefix = "test.test_asyncio."
+    return tid[len(prefix):] if tid.startswith(prefix) else tid
+
+
+# --- parent: one process per module ------------------------------------------
+
+def _netns_prefix():
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(
+        ["unshare", "--net", "sh", "-c", "ip link set lo up"],
+        capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return ["unshare", "--net", "sh", "-c",
+            'ip link set lo up && exec "$0" "$@"']
+
+
+def _run_module(module, loop_kind, timeout, netns):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(ROOT, "python")]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = netns + [sys.executable, os.path.abspath(__file__), "--child",
+                   module, "--loop", loop_kind]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"module": module, "loop": loop_kind, "run": 0,
+                "failed": [f"{module} (timed out after {timeout}s)"],
+                "skipped": 0, "details": {}, "seconds": timeout}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {"module": module, "loop": loop_kind, "run": 0,
+            "failed": [f"{module} (crashed, exit {proc.returncode}: "
+                       + " | ".join(tail) + ")"],
+            "skipped": 0, "details": {}, "seconds": 0}
+
+
+def _load_expected(path):
+    expected = {}
+    if not os.path.exists(path):
+        return expected
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            test_id, _, reason = line.partition(" ")
+            expected[test_id] = reason.strip().lstrip("#").strip()
+    return expected
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("modules", nargs="*", default=MODULES)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--loop", default="piston", help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=int, default=900,
+                    help="seconds per module (default 900)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also run each module on asyncio's own loop")
+    ap.add_argument("--expected", default=os.path.join(
+        HERE, "expected_failures.txt"))
+    ap.add_argument("--details", action="store_true",
+                    help="print the last line of each failure")
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child, args.loop)
+        return 0
+
+    netns = _netns_prefix()
+    if netns is None:
+        print("cpython_compat: 'unshare --net' is not available (needs "
+              "root or user namespaces); refusing to run upstream tests "
+              "that may open real sockets")
+        return 2
+    expected = _load_expected(args.expected)
+    print(f"cpython_compat: Python {sys.version.split()[0]}, "
+          f"test.test_asyncio from {sys.prefix}")
+    hdr = f"{'module':<20} {'passed':>6} {'failed':>6} {'skipped':>7}"
+    if args.baseline:
+        hdr += f"   {'asyncio p/f/s':>14}"
+    print(hdr + "   seconds")
+    unexpected, fixed = [], []
+    totals = [0, 0, 0]
+    for module in args.modules:
+        r = _run_module(module, "piston", args.timeout, netns)
+        nfail = len(r["failed"])
+        passed = max(r["run"] - nfail - r["skipped"], 0)
+        totals[0] += passed
+        totals[1] += nfail
+        totals[2] += r["skipped"]
+        line = f"{module:<20} {passed:>6} {nfail:>6} {r['skipped']:>7}"
+        if args.baseline:
+            b = _run_module(module, "asyncio", args.timeout, netns)
+            bf = len(b["failed"])
+            bp = max(b["run"] - bf - b["skipped"], 0)
+            cell = f"{bp}/{bf}/{b['skipped']}"
+            line += f"   {cell:>14}"
+        print(line + f"   {r['seconds']}", flush=True)
+        for t in r["failed"]:
+            if t not in expected:
+                unexpected.append((t, r["details"].get(t, "")))
+        for t in expected:
+            if t.split(".", 1)[0] == module and t not in r["failed"]:
+                fixed.append(t)
+    print(f"{'total':<20} {totals[0]:>6} {totals[1]:>6} {totals[2]:>7}")
+    if fixed:
+        print(f"\n{len(fixed)} listed in {os.path.basename(args.expected)} "
+              "now pass (remove them):")
+        for t in fixed:
+            print("   ", t)
+    if unexpected:
+        print(f"\n{len(unexpected)} failures not listed in "
+              f"{os.path.basename(args.expected)}:")
+        for t, d in unexpected:
+            print("   ", t, ("-- " + d) if args.details and d else "")
+        return 1
+    print("\nno unexpected failures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
