@@ -7,6 +7,7 @@ import importlib.util
 SUITES = {
     "thread": ("thread_pool", "piston.ThreadPoolExecutor vs "
                "concurrent.futures.ThreadPoolExecutor"),
+    "loop": ("loop", "piston's event loop vs asyncio's and uvloop"),
 }
 
 
