@@ -878,3 +878,53 @@ def test_stats():
         assert s["time_polling"] > 0
     finally:
         lp.close()
+
+
+# piston.Futures delivered into the loop in batches.
+
+def test_piston_pool_batched_completion(loop):
+    pool = piston.ThreadPoolExecutor(2)
+
+    def boom():
+        raise KeyError("k")
+
+    async def main():
+        assert await loop.run_in_executor(pool, sum, [1, 2]) == 3
+        with pytest.raises(KeyError):
+            await loop.run_in_executor(pool, boom)
+        res = await asyncio.gather(*[loop.run_in_executor(pool, abs, -i)
+                                     for i in range(3000)])
+        assert res == list(range(3000))
+        # Cancelling the asyncio side cancels the pool's future if it has
+        # not started.
+        ev = threading.Event()
+        blockers = [loop.run_in_executor(pool, ev.wait) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        queued = loop.run_in_executor(pool, sum, [5])
+        queued.cancel()
+        ev.set()
+        await asyncio.gather(*blockers)
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        return await asyncio.to_thread(lambda: "to_thread")
+
+    try:
+        assert loop.run_until_complete(main()) == "to_thread"
+    finally:
+        pool.shutdown()
+    if isinstance(loop, piston.Loop):
+        s = loop.stats()
+        assert s["completions"] >= 3002
+        # Many completions share one wake-up.
+        assert s["completion_batches"] < s["completions"]
+
+
+def test_completion_after_close_is_dropped():
+    lp = piston.new_event_loop()
+    pool = piston.ThreadPoolExecutor(1)
+    ev = threading.Event()
+    fut = lp.run_in_executor(pool, ev.wait)
+    lp.close()
+    ev.set()
+    pool.shutdown(wait=True)
+    assert not fut.done()

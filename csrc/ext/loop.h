@@ -8,7 +8,10 @@
 #include "core/pn_timerheap.h"
 #include "core/pn_wake.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
+
+struct pn_completion;
 
 /* asyncio.Handle / asyncio.TimerHandle in C.  One struct for both types so
  * the pool can recycle either; `timer` is only used by TimerHandle. */
@@ -60,6 +63,12 @@ typedef struct pn_loop {
     uint64_t n_io_events;
     int64_t ns_polling;
     int64_t ns_running;
+    uint64_t n_completions;
+    uint64_t n_completion_batches;
+    /* piston.Futures done in other threads, waiting to be delivered to
+     * their asyncio futures: a lock-free LIFO pushed by completion hooks
+     * (any thread), taken whole by the loop (loop.c). */
+    _Atomic(struct pn_completion *) completions;
     pn_poll_event events[PN_LOOP_MAX_EVENTS];
 } pn_loop;
 

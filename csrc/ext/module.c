@@ -19,7 +19,8 @@
     X(str_start_worker) X(MapJobType) X(MapIteratorType)                    \
     /* loop */                                                              \
     X(HandleType) X(TimerHandleType) X(LoopCoreType) X(handle_repr)         \
-    X(aio_Future) X(kwnames_loop)
+    X(aio_Future) X(kwnames_loop) X(str_cancelled) X(str_cancel)            \
+    X(str_set_result) X(str_set_exception)
 
 static int
 module_traverse(PyObject *m, visitproc visit, void *arg)

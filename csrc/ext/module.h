@@ -54,6 +54,10 @@ typedef struct pn_state {
     PyObject *handle_repr;          /* piston._loop's Handle repr helper */
     PyObject *aio_Future;           /* asyncio.Future, imported lazily */
     PyObject *kwnames_loop;         /* ("loop",) for Future(loop=...) */
+    PyObject *str_cancelled;        /* asyncio.Future method names */
+    PyObject *str_cancel;
+    PyObject *str_set_result;
+    PyObject *str_set_exception;
     /* Dead handles kept for reuse (handle.c): no references held, not
      * visited by traverse, freed by module_free. */
     struct pn_handle *handle_pool[PN_HANDLE_POOL_SIZE];

@@ -11,6 +11,7 @@ import asyncio
 import collections.abc
 import concurrent.futures
 import errno
+import functools
 import inspect
 import ipaddress
 import os
@@ -25,6 +26,7 @@ from asyncio import coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
 
 from piston import _piston
+from piston._piston import Future as _PistonFuture
 
 try:
     import ssl
@@ -333,7 +335,17 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
             if executor is None:
                 executor = _default_executor()
                 self._default_executor = executor
-        return futures.wrap_future(executor.submit(func, *args), loop=self)
+        cfut = executor.submit(func, *args)
+        if isinstance(cfut, _PistonFuture):
+            # Delivered in batches through the future's C hook.
+            afut = self.create_future()
+            try:
+                self._pn_watch_future(cfut, afut)
+            except ValueError:
+                return futures.wrap_future(cfut, loop=self)
+            afut.add_done_callback(functools.partial(_cancel_source, cfut))
+            return afut
+        return futures.wrap_future(cfut, loop=self)
 
     def set_default_executor(self, executor):
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
@@ -789,6 +801,11 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
         finally:
             if total > 0 and hasattr(file, "seek"):
                 file.seek(offset + total)
+
+
+def _cancel_source(source, dest):
+    if dest.cancelled():
+        source.cancel()
 
 
 def _stop_loop_of(fut):
