@@ -928,3 +928,35 @@ def test_completion_after_close_is_dropped():
     ev.set()
     pool.shutdown(wait=True)
     assert not fut.done()
+
+
+def test_handle_cycles_are_collected(loop):
+    class Obj:
+        def cb(self):
+            pass
+
+    refs = []
+    for make in (lambda o: loop.call_soon(o.cb),
+                 lambda o: loop.call_later(0.001, o.cb),
+                 lambda o: loop.call_later(10, o.cb)):
+        o = Obj()
+        o.h = make(o)
+        refs.append(weakref.ref(o))
+        del o
+    loop.run_until_complete(asyncio.sleep(0.01))
+    # The far timer is still scheduled: cancel it through its handle.
+    refs[2]().h.cancel()
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+
+
+def test_dropped_loop_with_pending_callbacks_is_collected():
+    lp = piston.new_event_loop()
+    for _ in range(10):
+        lp.call_soon(print)
+        lp.call_later(100, print)
+    ref = weakref.ref(lp)
+    with pytest.warns(ResourceWarning):
+        del lp
+        gc.collect()
+    assert ref() is None

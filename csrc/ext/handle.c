@@ -16,7 +16,7 @@
 pn_handle *
 pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
               PyObject *callback, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *context)
+              PyObject *context, int track)
 {
     pn_handle *h;
     PyObject *argt;
@@ -65,8 +65,11 @@ pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
     h->repr = NULL;
     h->weakreflist = NULL;
     h->cancelled = 0;
+    h->untracked = !track;
     pn_timer_init(&h->timer, 0.0);
-    PyObject_GC_Track(h);
+    if (track) {
+        PyObject_GC_Track(h);
+    }
     return h;
 }
 

@@ -140,7 +140,7 @@ push_ready(pn_loop *self, pn_handle *h)
 {
     /* Takes over the caller's reference. */
     if (pn_readyq_push(&self->ready, h) < 0) {
-        Py_DECREF(h);
+        pn_handle_release(h);
         PyErr_NoMemory();
         return -1;
     }
@@ -163,7 +163,7 @@ schedule_soon(pn_loop *self, const char *method, PyObject *const *args,
         return NULL;
     }
     h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
-                      args[0], args + 1, nargs - 1, context);
+                      args[0], args + 1, nargs - 1, context, 0);
     if (h == NULL) {
         return NULL;
     }
@@ -210,7 +210,7 @@ schedule_at(pn_loop *self, const char *method, double when,
         return NULL;
     }
     h = pn_handle_new(self->st, self->st->TimerHandleType, (PyObject *)self,
-                      args[0], args + 1, nargs - 1, context);
+                      args[0], args + 1, nargs - 1, context, 0);
     if (h == NULL) {
         return NULL;
     }
@@ -218,7 +218,7 @@ schedule_at(pn_loop *self, const char *method, double when,
     /* The heap holds its own reference until the timer fires or is
      * cancelled. */
     if (pn_timerheap_push(&self->timers, &h->timer) < 0) {
-        Py_DECREF(h);
+        pn_handle_release(h);
         return PyErr_NoMemory();
     }
     Py_INCREF(h);
@@ -277,7 +277,7 @@ pn__loop_timer_cancelled(pn_loop *self, pn_handle *h)
 {
     if (pn_timer_queued(&h->timer)) {
         pn_timerheap_remove(&self->timers, &h->timer);
-        Py_DECREF(h);
+        pn_handle_release(h);
     }
 }
 
@@ -293,6 +293,83 @@ loop_create_future(pn_loop *self, PyObject *Py_UNUSED(ignored))
     PyObject *arg = (PyObject *)self;
     return PyObject_Vectorcall(self->st->aio_Future, &arg, 0,
                                self->st->kwnames_loop);
+}
+
+/* create_task(coro, *, name=None, context=None, **kwargs): asyncio.Task
+ * called straight from C; a task factory, extra keywords or debug mode go
+ * through the Python method _pn_create_task. */
+static PyObject *
+loop_create_task(pn_loop *self, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name = NULL, *context = NULL, *stack[3];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0, n = 1;
+    int slow = self->task_factory != NULL || self->debug;
+    PyObject *task;
+
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "create_task() takes exactly one positional argument "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nkw && !slow; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "name") == 0) {
+            name = args[nargs + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(k, "context") == 0) {
+            context = args[nargs + i];
+        }
+        else {
+            slow = 1;
+        }
+    }
+    if (slow) {
+        PyObject *meth = PyObject_GetAttrString((PyObject *)self,
+                                                "_pn_create_task");
+        if (meth == NULL) {
+            return NULL;
+        }
+        task = PyObject_Vectorcall(meth, args, nargsf, kwnames);
+        Py_DECREF(meth);
+        return task;
+    }
+    if (check_closed(self) < 0) {
+        return NULL;
+    }
+    if (name == Py_None) {
+        name = NULL;
+    }
+    if (context == Py_None) {
+        context = NULL;
+    }
+    stack[0] = args[0];
+    stack[n++] = (PyObject *)self;
+    if (name != NULL) {
+        stack[n++] = name;
+    }
+    if (context != NULL) {
+        stack[n++] = context;
+    }
+    return PyObject_Vectorcall(
+        self->st->aio_Task, stack, 1,
+        self->st->kwnames_task[(name != NULL) | ((context != NULL) << 1)]);
+}
+
+static PyObject *
+loop_get_task_factory(pn_loop *self, void *Py_UNUSED(c))
+{
+    return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+}
+
+static int
+loop_set_task_factory(pn_loop *self, PyObject *v, void *Py_UNUSED(c))
+{
+    Py_XSETREF(self->task_factory,
+               v == NULL || v == Py_None ? NULL : Py_NewRef(v));
+    return 0;
 }
 
 /* Fd interest. */
@@ -381,7 +458,7 @@ add_fd_callback(pn_loop *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
-                      args[1], args + 2, nargs - 2, NULL);
+                      args[1], args + 2, nargs - 2, NULL, 1);
     if (h == NULL) {
         return NULL;
     }
@@ -519,7 +596,7 @@ loop_pn_new_handle(pn_loop *self, PyObject *const *args, Py_ssize_t nargs)
     }
     return (PyObject *)pn_handle_new(self->st, self->st->HandleType,
                                      (PyObject *)self, args[0], args + 1,
-                                     nargs - 1, NULL);
+                                     nargs - 1, NULL, 1);
 }
 
 /* Queues an existing handle again (a signal handler each time the signal
@@ -832,7 +909,7 @@ run_once(pn_loop *self)
             break;  /* close() from a callback emptied the queue */
         }
         if (h->cancelled) {
-            Py_DECREF(h);
+            pn_handle_release(h);
             continue;
         }
         self->n_callbacks++;
@@ -853,7 +930,7 @@ run_once(pn_loop *self)
         else {
             rc = pn_handle_run(h);
         }
-        Py_DECREF(h);
+        pn_handle_release(h);
         if (rc < 0) {
             self->ns_running += pn_monotonic_ns() - t1;
             return -1;
@@ -970,10 +1047,10 @@ release_all(pn_loop *self)
 
     drop_completions(self);
     while ((h = pn_readyq_pop(&self->ready)) != NULL) {
-        Py_DECREF(h);
+        pn_handle_release(h);
     }
     while ((t = pn_timerheap_pop(&self->timers)) != NULL) {
-        Py_DECREF(timer_owner(t));
+        pn_handle_release(timer_owner(t));
     }
     for (size_t fd = 0; fd < self->nfds; fd++) {
         pn_fdslot *slot = &self->fds[fd];
@@ -1117,6 +1194,8 @@ static PyGetSetDef loop_getset[] = {
      "Callbacks running longer than this (seconds) are logged in debug "
      "mode.", NULL},
     {"_clock_resolution", (getter)loop_get_resolution, NULL, NULL, NULL},
+    {"_task_factory", (getter)loop_get_task_factory,
+     (setter)loop_set_task_factory, NULL, NULL},
     {"_debug", (getter)loop_get_debug_attr, NULL, NULL, NULL},
     {"_stopping", (getter)loop_get_stopping, NULL, NULL, NULL},
     {"_closed", (getter)loop_get_closed, NULL, NULL, NULL},
@@ -1142,6 +1221,8 @@ static PyMethodDef loop_methods[] = {
      "The loop's clock: time.monotonic()."},
     {"create_future", (PyCFunction)loop_create_future, METH_NOARGS,
      "A new asyncio.Future attached to this loop."},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task, FASTKW,
+     "create_task(coro, *, name=None, context=None, **kwargs) -> Task"},
     {"add_reader", (PyCFunction)(void (*)(void))loop_add_reader,
      METH_FASTCALL, "add_reader(fd, callback, *args)"},
     {"add_writer", (PyCFunction)(void (*)(void))loop_add_writer,
@@ -1193,14 +1274,15 @@ loop_new(PyTypeObject *tp, PyObject *Py_UNUSED(args),
     if (st == NULL) {
         return NULL;
     }
-    if (st->aio_Future == NULL) {
+    if (st->aio_Future == NULL || st->aio_Task == NULL) {
         PyObject *mod = PyImport_ImportModule("asyncio");
         if (mod == NULL) {
             return NULL;
         }
-        st->aio_Future = PyObject_GetAttrString(mod, "Future");
+        Py_XSETREF(st->aio_Future, PyObject_GetAttrString(mod, "Future"));
+        Py_XSETREF(st->aio_Task, PyObject_GetAttrString(mod, "Task"));
         Py_DECREF(mod);
-        if (st->aio_Future == NULL) {
+        if (st->aio_Future == NULL || st->aio_Task == NULL) {
             return NULL;
         }
     }
@@ -1236,11 +1318,20 @@ static int
 loop_traverse(pn_loop *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->task_factory);
     for (size_t i = 0; i < pn_readyq_len(&self->ready); i++) {
-        Py_VISIT((PyObject *)pn_readyq_at(&self->ready, i));
+        int r = pn_handle_visit_queued(pn_readyq_at(&self->ready, i), visit,
+                                       arg);
+        if (r) {
+            return r;
+        }
     }
     for (size_t i = 0; i < pn_timerheap_len(&self->timers); i++) {
-        Py_VISIT((PyObject *)timer_owner(self->timers.items[i]));
+        int r = pn_handle_visit_queued(timer_owner(self->timers.items[i]),
+                                       visit, arg);
+        if (r) {
+            return r;
+        }
     }
     for (size_t fd = 0; fd < self->nfds; fd++) {
         Py_VISIT((PyObject *)self->fds[fd].reader);
@@ -1252,6 +1343,7 @@ loop_traverse(pn_loop *self, visitproc visit, void *arg)
 static int
 loop_clear(pn_loop *self)
 {
+    Py_CLEAR(self->task_factory);
     release_all(self);
     return 0;
 }
@@ -1261,6 +1353,7 @@ loop_dealloc(pn_loop *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->task_factory);
     release_all(self);
     pn_readyq_destroy(&self->ready);
     pn_timerheap_destroy(&self->timers);
@@ -1299,6 +1392,15 @@ pn_loop_exec(PyObject *m, pn_state *st)
         return -1;
     }
     st->kwnames_loop = Py_BuildValue("(s)", "loop");
+    st->kwnames_task[0] = Py_BuildValue("(s)", "loop");
+    st->kwnames_task[1] = Py_BuildValue("(ss)", "loop", "name");
+    st->kwnames_task[2] = Py_BuildValue("(ss)", "loop", "context");
+    st->kwnames_task[3] = Py_BuildValue("(sss)", "loop", "name", "context");
+    for (int i = 0; i < 4; i++) {
+        if (st->kwnames_task[i] == NULL) {
+            return -1;
+        }
+    }
     st->str_cancelled = PyUnicode_InternFromString("cancelled");
     st->str_cancel = PyUnicode_InternFromString("cancel");
     st->str_set_result = PyUnicode_InternFromString("set_result");

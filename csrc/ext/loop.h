@@ -25,6 +25,10 @@ typedef struct pn_handle {
     PyObject *repr;             /* debug mode: repr frozen at cancel() */
     PyObject *weakreflist;
     char cancelled;
+    /* Owned by its loop's queues and not tracked by the GC meanwhile: a
+     * burst of call_soon would otherwise make every collection walk every
+     * queued handle (the loop's traverse reports what they hold). */
+    char untracked;
     pn_timer timer;             /* TimerHandle: deadline and heap slot */
 } pn_handle;
 
@@ -42,6 +46,7 @@ typedef struct pn_loop {
     PyObject *weakreflist;
     PyObject *dict;
     pn_state *st;
+    PyObject *task_factory;     /* NULL: asyncio.Task */
     pn_poll *poll;
     pn_wake wake;
     pn_timerheap timers;
@@ -75,11 +80,47 @@ typedef struct pn_loop {
 /* handle.c */
 
 /* A new Handle (tp = st->HandleType) or TimerHandle (tp = st->TimerHandleType)
- * for callback(*args) in context (NULL: a copy of the current one); args
- * NULL means no arguments.  New reference or NULL with an exception. */
+ * for callback(*args) in context (NULL: a copy of the current one).  With
+ * track == 0 the handle starts GC-untracked, owned by a loop queue that
+ * tracks it again when it lets go (pn_handle_release).  New reference or
+ * NULL with an exception. */
 pn_handle *pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
                          PyObject *callback, PyObject *const *args,
-                         Py_ssize_t nargs, PyObject *context);
+                         Py_ssize_t nargs, PyObject *context, int track);
+
+/* A loop queue drops its reference: a handle someone else still holds is
+ * handed back to the GC first. */
+static inline void
+pn_handle_release(pn_handle *h)
+{
+    if (h->untracked) {
+        h->untracked = 0;
+        if (Py_REFCNT(h) > 1) {
+            PyObject_GC_Track(h);
+        }
+    }
+    Py_DECREF(h);
+}
+
+/* For the loop's traverse: a queued handle, or what an untracked one that
+ * only the queue owns refers to. */
+static inline int
+pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
+{
+    if (!h->untracked) {
+        Py_VISIT((PyObject *)h);
+    }
+    else if (Py_REFCNT(h) == 1) {
+        Py_VISIT((PyObject *)Py_TYPE(h));
+        Py_VISIT(h->callback);
+        Py_VISIT(h->args);
+        Py_VISIT(h->context);
+        Py_VISIT(h->loop);
+        Py_VISIT(h->source_traceback);
+        Py_VISIT(h->repr);
+    }
+    return 0;
+}
 
 /* Runs a live handle's callback in its context.  An exception is handed to
  * loop._pn_callback_error (asyncio's "Exception in callback" report) and

@@ -53,6 +53,8 @@ typedef struct pn_state {
     PyTypeObject *LoopCoreType;
     PyObject *handle_repr;          /* piston._loop's Handle repr helper */
     PyObject *aio_Future;           /* asyncio.Future, imported lazily */
+    PyObject *aio_Task;             /* asyncio.Task, imported lazily */
+    PyObject *kwnames_task[4];      /* ("loop",), +"name", +"context", both */
     PyObject *kwnames_loop;         /* ("loop",) for Future(loop=...) */
     PyObject *str_cancelled;        /* asyncio.Future method names */
     PyObject *str_cancel;

@@ -262,8 +262,9 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
 
     # Tasks and futures.
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine object; return a Task."""
+    def _pn_create_task(self, coro, *, name=None, context=None, **kwargs):
+        """create_task's general path (the C method handles the common
+        case: no task factory, no extra keywords, not in debug mode)."""
         self._check_closed()
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context,
