@@ -960,3 +960,16 @@ def test_dropped_loop_with_pending_callbacks_is_collected():
         del lp
         gc.collect()
     assert ref() is None
+
+
+def test_executor_cancelled_error_becomes_asyncio_cancelled(loop):
+    import concurrent.futures as cf
+
+    def raises():
+        raise cf.CancelledError()
+
+    for pool in (None, piston.ThreadPoolExecutor(1)):
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(loop.run_in_executor(pool, raises))
+        if pool is not None:
+            pool.shutdown()

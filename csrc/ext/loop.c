@@ -711,8 +711,19 @@ deliver(pn_state *st, pn_completion *c)
         r = PyObject_CallMethodNoArgs(c->afut, st->str_cancel);
     }
     else if (f->exception != NULL) {
-        r = PyObject_CallMethodOneArg(c->afut, st->str_set_exception,
-                                      f->exception);
+        PyObject *exc = Py_NewRef(f->exception);
+        /* concurrent.futures' CancelledError and InvalidStateError become
+         * asyncio's, as asyncio.wrap_future converts them. */
+        if (PyObject_TypeCheck(exc, (PyTypeObject *)st->CancelledError)
+            || PyObject_TypeCheck(exc,
+                                  (PyTypeObject *)st->InvalidStateError)) {
+            Py_SETREF(exc, PyObject_CallOneArg(st->aio_convert_exc, exc));
+            if (exc == NULL) {
+                return -1;
+            }
+        }
+        r = PyObject_CallMethodOneArg(c->afut, st->str_set_exception, exc);
+        Py_DECREF(exc);
     }
     else {
         r = PyObject_CallMethodOneArg(c->afut, st->str_set_result,
@@ -1274,7 +1285,8 @@ loop_new(PyTypeObject *tp, PyObject *Py_UNUSED(args),
     if (st == NULL) {
         return NULL;
     }
-    if (st->aio_Future == NULL || st->aio_Task == NULL) {
+    if (st->aio_Future == NULL || st->aio_Task == NULL
+        || st->aio_convert_exc == NULL) {
         PyObject *mod = PyImport_ImportModule("asyncio");
         if (mod == NULL) {
             return NULL;
@@ -1282,7 +1294,15 @@ loop_new(PyTypeObject *tp, PyObject *Py_UNUSED(args),
         Py_XSETREF(st->aio_Future, PyObject_GetAttrString(mod, "Future"));
         Py_XSETREF(st->aio_Task, PyObject_GetAttrString(mod, "Task"));
         Py_DECREF(mod);
-        if (st->aio_Future == NULL || st->aio_Task == NULL) {
+        mod = PyImport_ImportModule("asyncio.futures");
+        if (mod == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(st->aio_convert_exc,
+                   PyObject_GetAttrString(mod, "_convert_future_exc"));
+        Py_DECREF(mod);
+        if (st->aio_Future == NULL || st->aio_Task == NULL
+            || st->aio_convert_exc == NULL) {
             return NULL;
         }
     }

@@ -54,6 +54,7 @@ typedef struct pn_state {
     PyObject *handle_repr;          /* piston._loop's Handle repr helper */
     PyObject *aio_Future;           /* asyncio.Future, imported lazily */
     PyObject *aio_Task;             /* asyncio.Task, imported lazily */
+    PyObject *aio_convert_exc;      /* asyncio.futures._convert_future_exc */
     PyObject *kwnames_task[4];      /* ("loop",), +"name", +"context", both */
     PyObject *kwnames_loop;         /* ("loop",) for Future(loop=...) */
     PyObject *str_cancelled;        /* asyncio.Future method names */
