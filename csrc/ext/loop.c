@@ -303,7 +303,7 @@ loop_create_task(pn_loop *self, PyObject *const *args, size_t nargsf,
                  PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *name = NULL, *context = NULL, *stack[3];
+    PyObject *name = NULL, *context = NULL, *stack[4];
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0, n = 1;
     int slow = self->task_factory != NULL || self->debug;
     PyObject *task;
