@@ -973,3 +973,19 @@ def test_executor_cancelled_error_becomes_asyncio_cancelled(loop):
             loop.run_until_complete(loop.run_in_executor(pool, raises))
         if pool is not None:
             pool.shutdown()
+
+
+def test_cli_run(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, sys
+        async def main():
+            return type(asyncio.get_running_loop()).__name__
+        print(asyncio.run(main()), sys.argv[1:])
+    """))
+    env = dict(os.environ, PYTHONPATH=PYPATH)
+    out = subprocess.run([sys.executable, "-m", "piston", "run", str(script),
+                          "a", "-b"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Loop ['a', '-b']"

@@ -1,4 +1,5 @@
-"""The command line: ``python -m piston bench`` and ``python -m piston info``."""
+"""The command line: ``python -m piston bench``, ``python -m piston info``
+and ``python -m piston run script.py``."""
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="version, platform, kernel features, "
                                     "optional packages")
     i.add_argument("--json", action="store_true", help="print JSON")
-    # The `run` subcommand (a script on piston's loop) is added here by the
-    # event-loop issue.
+    r = sub.add_parser(
+        "run", help="run a Python script with piston as its asyncio loop",
+        description="Run a script as `python script.py` would, with asyncio "
+                    "creating piston loops (asyncio.run, asyncio.Runner, "
+                    "asyncio.new_event_loop).")
+    r.add_argument("script", help="path of the script, or -m MODULE")
+    r.add_argument("args", nargs=argparse.REMAINDER,
+                   help="arguments passed to the script")
     p.bench_parser = b
     return p
 
@@ -174,6 +181,26 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    import os
+    import runpy
+
+    import piston
+
+    piston.install()
+    if args.script == "-m":
+        if not args.args:
+            print("piston run: -m needs a module name", file=sys.stderr)
+            return 2
+        sys.argv = list(args.args)
+        runpy.run_module(args.args[0], run_name="__main__", alter_sys=True)
+        return 0
+    sys.argv = [args.script] + list(args.args)
+    sys.path[0] = os.path.dirname(os.path.abspath(args.script))
+    runpy.run_path(args.script, run_name="__main__")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -181,5 +208,7 @@ def main(argv=None) -> int:
         return cmd_bench(args, parser)
     if args.command == "info":
         return cmd_info(args)
+    if args.command == "run":
+        return cmd_run(args)
     parser.print_help(sys.stderr)
     return 2

@@ -1,6 +1,7 @@
 """piston's entry points into asyncio: run(), install(), EventLoopPolicy."""
 import asyncio
 import asyncio.events as _events
+import warnings
 
 from piston._loop import Loop, new_event_loop
 
@@ -34,7 +35,11 @@ if _PolicyBase is not None:
     def install():
         """Make asyncio create piston loops (sets the event loop
         policy)."""
-        asyncio.set_event_loop_policy(EventLoopPolicy())
+        with warnings.catch_warnings():
+            # 3.14 deprecates the policy API; this shim is piston's
+            # compatibility path, not the user's call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(EventLoopPolicy())
 
     __all__.append("EventLoopPolicy")
 else:  # pragma: no cover - a Python without loop policies
