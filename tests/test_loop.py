@@ -36,8 +36,8 @@ def loop(kind):
         lp.close()
 
 
-def run_script(code, timeout=30, **kw):
-    env = dict(os.environ, PYTHONPATH=PYPATH)
+def run_script(code, timeout=30, env=None, **kw):
+    env = dict(env or os.environ, PYTHONPATH=PYPATH)
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
                             env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
@@ -989,3 +989,74 @@ def test_cli_run(tmp_path):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "Loop ['a', '-b']"
+
+
+# Watchdog (piston only: no other loop has one).
+
+WATCHDOG_SCRIPT = """
+import asyncio, logging, time, sys
+import piston
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
+                    format="%(message)s")
+
+def busy_python(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+async def blocker():
+    print("before", flush=True)
+    busy_python(0.5)
+    print("after", flush=True)
+    time.sleep(0.3)         # blocking, but releases the GIL
+    print("after sleep", flush=True)
+
+async def main():
+    await asyncio.create_task(blocker(), name="the-blocker")
+
+piston.run(main(), watchdog=0.1)
+"""
+
+
+def test_watchdog_reports_while_blocked():
+    p = run_script(WATCHDOG_SCRIPT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    lines = out.splitlines()
+    first = next(i for i, l in enumerate(lines) if "piston watchdog" in l)
+    # Reported while still blocked: before the callback printed "after".
+    assert first < lines.index("after"), out
+    report = "\n".join(lines[first:lines.index("after")])
+    assert "busy_python" in report and "the-blocker" in report, out
+    # The sleeping callback is the same one: reported once, not again.
+    assert out.count("piston watchdog") == 1, out
+
+
+def test_watchdog_api_and_env():
+    lp = piston.new_event_loop()
+    try:
+        assert lp.get_watchdog() is None
+        lp.set_watchdog(0.05)
+        assert lp.get_watchdog() == 0.05
+        lp.run_until_complete(asyncio.sleep(0.01))
+        with pytest.raises(ValueError):
+            lp.set_watchdog(-1)
+        lp.set_watchdog(None)
+        assert lp.get_watchdog() is None
+        lp.set_watchdog(0.05)
+    finally:
+        lp.close()      # stops the thread
+    assert not any(t.name == "piston-watchdog"
+                   for t in threading.enumerate())
+    p = run_script("""
+        import asyncio, time, logging, sys
+        import piston
+        logging.basicConfig(stream=sys.stdout, format="%(message)s")
+        async def main():
+            time.sleep(0.3)
+        asyncio.run(main(), loop_factory=piston.new_event_loop) \
+            if sys.version_info >= (3, 12) else piston.run(main())
+    """, env=dict(os.environ, PYTHONPATH=PYPATH, PISTON_WATCHDOG="0.05"))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "piston watchdog" in out, (out, err)

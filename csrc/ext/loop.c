@@ -924,6 +924,14 @@ run_once(pn_loop *self)
             continue;
         }
         self->n_callbacks++;
+        if (self->watchdog != NULL) {
+            self->current = h;
+            atomic_fetch_add_explicit(&self->cb_seq, 1,
+                                      memory_order_relaxed);
+            /* release: pairs with the watchdog's acquire load. */
+            atomic_store_explicit(&self->cb_start_ns, pn_monotonic_ns(),
+                                  memory_order_release);
+        }
         if (self->debug) {
             double start = loop_now(), dt;
             rc = pn_handle_run(h);
@@ -940,6 +948,11 @@ run_once(pn_loop *self)
         }
         else {
             rc = pn_handle_run(h);
+        }
+        if (self->current != NULL) {
+            atomic_store_explicit(&self->cb_start_ns, 0,
+                                  memory_order_relaxed);
+            self->current = NULL;
         }
         pn_handle_release(h);
         if (rc < 0) {
@@ -1084,6 +1097,7 @@ loop_pn_close(pn_loop *self, PyObject *Py_UNUSED(ignored))
     if (self->closed) {
         Py_RETURN_NONE;
     }
+    pn__loop_watchdog_stop(self);
     self->closed = 1;
     release_all(self);
     free(self->fds);
@@ -1373,6 +1387,7 @@ loop_dealloc(pn_loop *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    pn__loop_watchdog_stop(self);
     Py_CLEAR(self->task_factory);
     release_all(self);
     pn_readyq_destroy(&self->ready);
@@ -1410,6 +1425,20 @@ pn_loop_exec(PyObject *m, pn_state *st)
         m, &loop_spec, NULL);
     if (st->LoopCoreType == NULL) {
         return -1;
+    }
+    /* The watchdog's methods live in loop_watchdog.c. */
+    for (PyMethodDef *d = pn__loop_watchdog_methods; d->ml_name; d++) {
+        PyObject *descr = PyDescr_NewMethod(st->LoopCoreType, d);
+        int r;
+        if (descr == NULL) {
+            return -1;
+        }
+        r = PyObject_SetAttrString((PyObject *)st->LoopCoreType, d->ml_name,
+                                   descr);
+        Py_DECREF(descr);
+        if (r < 0) {
+            return -1;
+        }
     }
     st->kwnames_loop = Py_BuildValue("(s)", "loop");
     st->kwnames_task[0] = Py_BuildValue("(s)", "loop");

@@ -74,6 +74,12 @@ typedef struct pn_loop {
      * their asyncio futures: a lock-free LIFO pushed by completion hooks
      * (any thread), taken whole by the loop (loop.c). */
     _Atomic(struct pn_completion *) completions;
+    /* Watchdog (loop_watchdog.c): the loop publishes when each callback
+     * starts; the watchdog thread reads it without the GIL. */
+    struct pn_watchdog *watchdog;   /* NULL when off */
+    pn_handle *current;             /* the running handle (GIL), borrowed */
+    _Atomic uint64_t cb_seq;        /* bumped as each callback starts */
+    _Atomic int64_t cb_start_ns;    /* its start, 0 between callbacks */
     pn_poll_event events[PN_LOOP_MAX_EVENTS];
 } pn_loop;
 
@@ -131,6 +137,11 @@ int pn_handle_run(pn_handle *h);
  * takes it out of its loop's heap. */
 void pn_handle_cancel_core(pn_handle *h);
 
+
+/* loop_watchdog.c: stops and joins the loop's watchdog thread, if any
+ * (GIL held; released while joining). */
+void pn__loop_watchdog_stop(pn_loop *loop);
+extern PyMethodDef pn__loop_watchdog_methods[];
 
 /* loop.c: takes a timer out of the heap, dropping the heap's reference. */
 void pn__loop_timer_cancelled(pn_loop *loop, pn_handle *h);

@@ -134,6 +134,17 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self._current_handle = None
+        self._watchdog = None
+        env = os.environ.get("PISTON_WATCHDOG")
+        if env:
+            try:
+                threshold = float(env)
+            except ValueError:
+                threshold = 0
+                warnings.warn(f"PISTON_WATCHDOG={env!r} is not a number of "
+                              "seconds; watchdog off", RuntimeWarning)
+            if threshold > 0:
+                self.set_watchdog(threshold)
 
     def __repr__(self):
         return (f"<{type(self).__name__} running={self.is_running()} "
@@ -192,6 +203,26 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
     def _pn_slow_callback(self, handle, dt):
         logger.warning("Executing %s took %.3f seconds",
                        _format_handle(handle), dt)
+
+    # Watchdog.
+
+    def set_watchdog(self, threshold):
+        """Report callbacks that block the loop: when one has run for
+        `threshold` seconds, a C thread logs (on the 'asyncio' logger, at
+        WARNING) the loop thread's Python stack and the task it belongs to,
+        while the callback is still running.  None or 0 turns it off.
+        A callback stuck in C code that holds the GIL is reported once it
+        lets the GIL go."""
+        if threshold is None or threshold == 0:
+            self._pn_watchdog_stop()
+            self._watchdog = None
+            return
+        self._pn_watchdog_start(float(threshold), _watchdog_report)
+        self._watchdog = float(threshold)
+
+    def get_watchdog(self):
+        """The watchdog threshold in seconds, or None when off."""
+        return self._watchdog
 
     # Running and stopping.
 
@@ -802,6 +833,22 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
         finally:
             if total > 0 and hasattr(file, "seek"):
                 file.seek(offset + total)
+
+
+def _watchdog_report(loop, handle, elapsed):
+    """Called by the watchdog thread (GIL held) while a callback blocks."""
+    tid = loop._thread_id
+    frame = sys._current_frames().get(tid) if tid is not None else None
+    if frame is not None:
+        stack = "".join(traceback.format_stack(frame)).rstrip()
+    else:
+        stack = "  (no Python frame: blocked in C code)"
+    what = _format_handle(handle) if handle is not None else "a callback"
+    logger.warning(
+        "piston watchdog: the event loop has been blocked for %.3f s "
+        "(threshold %.3f s) running %s\n"
+        "Loop thread stack (most recent call last):\n%s",
+        elapsed, loop._watchdog or 0.0, what, stack)
 
 
 def _cancel_source(source, dest):

@@ -8,11 +8,20 @@ from piston._loop import Loop, new_event_loop
 __all__ = ["run", "install", "new_event_loop", "Loop"]
 
 
-def run(main, *, debug=None):
+def run(main, *, debug=None, watchdog=None):
     """Run coroutine main on a new piston loop and return its result, like
     asyncio.run (same Ctrl-C handling, async generator and default executor
-    shutdown)."""
-    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+    shutdown).  watchdog=SECONDS logs any callback blocking the loop longer
+    than that, with the loop thread's stack, while it blocks (see
+    Loop.set_watchdog; the PISTON_WATCHDOG environment variable does the
+    same for every loop)."""
+    def factory():
+        loop = new_event_loop()
+        if watchdog:
+            loop.set_watchdog(watchdog)
+        return loop
+
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
 
 
