@@ -224,7 +224,8 @@ def test_handle_repr(loop):
         pass
 
     h = loop.call_soon(cb, 1)
-    assert repr(h).startswith("<Handle test_handle_repr.<locals>.cb(1)")
+    # (3.13 shows the arguments only in debug mode.)
+    assert repr(h).startswith("<Handle test_handle_repr.<locals>.cb(")
     h.cancel()
     assert "cancelled" in repr(h)
     th = loop.call_later(10, cb, 2)
@@ -264,8 +265,6 @@ def test_run_until_complete_stopped_early(loop):
 def test_reentry_errors(loop):
     async def inner():
         with pytest.raises(RuntimeError, match="already running"):
-            loop.run_forever()
-        with pytest.raises(RuntimeError, match="already running"):
             loop.run_until_complete(asyncio.sleep(0))
         other = piston.new_event_loop()
         try:
@@ -276,6 +275,10 @@ def test_reentry_errors(loop):
             other.close()
         with pytest.raises(RuntimeError, match="Cannot close a running"):
             loop.close()
+        # Last: asyncio 3.13.0's run_forever marks the loop not running
+        # after refusing to re-enter it.
+        with pytest.raises(RuntimeError, match="already running"):
+            loop.run_forever()
 
     loop.run_until_complete(inner())
 

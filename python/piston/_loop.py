@@ -45,10 +45,10 @@ _FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
     format_helpers._format_callback_source).parameters
 
 
-def _format_callback(callback, args):
+def _format_callback(callback, args, debug=True):
     if _FORMAT_TAKES_DEBUG:
         return format_helpers._format_callback_source(callback, args,
-                                                      debug=True)
+                                                      debug=debug)
     return format_helpers._format_callback_source(callback, args)
 
 
@@ -61,7 +61,9 @@ def _handle_repr(handle):
     if handle._cancelled:
         info.append("cancelled")
     if handle._callback is not None:
-        info.append(_format_callback(handle._callback, handle._args))
+        loop = handle._loop
+        debug = loop.get_debug() if loop is not None else False
+        info.append(_format_callback(handle._callback, handle._args, debug))
     tb = handle._source_traceback
     if tb:
         frame = tb[-1]
