@@ -1,0 +1,18 @@
+"""The loop's refleak check (tests/leaks/check_loop.py), each workload in
+its own process.  PISTON_LEAKS=0 skips it."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.skipif(os.environ.get("PISTON_LEAKS") == "0",
+                    reason="PISTON_LEAKS=0")
+def test_loop_does_not_leak():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "leaks", "check_loop.py")],
+        capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
