@@ -10,7 +10,7 @@
 /* Steps that only pause before the spinner starts yielding: on a quiet
  * machine the awaited event comes within these (~1-2 us); on a busy one the
  * thread we wait for may need this very CPU, so later steps yield it. */
-#define PN_SPIN_PAUSE_STEPS 256
+#define PN_SPIN_PAUSE_STEPS 32
 
 typedef struct {
     int64_t stop_ns;
