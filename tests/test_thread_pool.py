@@ -1274,7 +1274,7 @@ def test_signal_handler_exception_interrupts_pool_waits(make_pool,
 
 def test_one_at_a_time_round_trips(make_pool):
     ex = make_pool(max_workers=1)
-    for i in range(20000):
+    for i in range(5000):
         assert ex.submit(add, i, 1).result(timeout=T) == i + 1
 
 
@@ -1299,7 +1299,7 @@ def test_concurrent_mixed_operations(make_pool):
     def client(seed):
         rng = random.Random(seed)
         try:
-            for n in range(1500):
+            for n in range(800):
                 op = rng.randrange(5)
                 if op == 0:
                     assert ex.submit(add, n, seed).result(timeout=T) == \
