@@ -8,10 +8,15 @@
 #include <stddef.h>
 #include <unistd.h>
 
-/* How long result() spins (GIL released) before it sleeps on the futex: a
- * sleep/wake pair costs ~5 us, a task round trip on an idle pool less.
- * Chosen with `python -m piston bench thread` (one-at-a-time latency). */
+/* The most result() spins (GIL released) before it sleeps on the futex,
+ * learnt down from there (pn_spin_budget).  A sleep/wake pair costs 5-20 us
+ * on an idle VM's vCPU, a whole round trip ~3 us when both sides spin:
+ * `python -m piston bench thread` (one-at-a-time latency). */
 #define PN_SPIN_NS 20000
+
+/* Process-wide: the learnt budget is a property of the machine's load,
+ * not of any Python object (a C value, safe to share after fork). */
+static pn_spin_budget wait_budget = PN_SPIN_BUDGET_INIT(PN_SPIN_NS);
 
 #define IS_DONE(s) ((s) >= PN_FUT_CANCELLED)
 #define IS_CANCELLED(s) \
@@ -85,7 +90,7 @@ ncpus(void)
 int
 pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
              _Atomic uint32_t *sleepers, _Atomic uint32_t *spinners,
-             int64_t deadline_ns)
+             pn_spin_budget *budget, int64_t deadline_ns)
 {
     for (;;) {
         int r = 0;
@@ -96,14 +101,15 @@ pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
         if (spinners != NULL) {
             atomic_fetch_add_explicit(spinners, 1, memory_order_release);
         }
+        int64_t started = pn_monotonic_ns();
         if (ncpus() > 1) {
             pn_spinner spin;
-            int64_t budget = PN_SPIN_NS;
+            int64_t ns = pn_spin_budget_get(budget);
             if (deadline_ns != PN_FOREVER) {
                 int64_t left = deadline_ns - pn_monotonic_ns();
-                budget = left < budget ? left : budget;
+                ns = left < ns ? left : ns;
             }
-            pn_spinner_init(&spin, budget);
+            pn_spinner_init(&spin, ns);
             do {
                 if (atomic_load_explicit(word, memory_order_acquire)
                     != seen) {
@@ -119,6 +125,9 @@ pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
             atomic_fetch_add_explicit(sleepers, 1, memory_order_seq_cst);
             r = pn_futex_wait(word, seen, deadline_ns, 0);
             atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
+        }
+        if (r == 0) {
+            pn_spin_budget_learn(budget, pn_monotonic_ns() - started);
         }
         if (spinners != NULL) {
             atomic_fetch_sub_explicit(spinners, 1, memory_order_relaxed);
@@ -535,7 +544,7 @@ wait_done(pn_future *f, PyObject *timeout)
     }
     while (!IS_DONE(s)) {
         int r = pn_wait_word(&f->state, s, &f->nsleepers, &f->nspinners,
-                             deadline);
+                             &wait_budget, deadline);
         if (r < 0) {
             return -1;
         }

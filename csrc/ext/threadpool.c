@@ -13,12 +13,19 @@
  * the eval loop's own switch check). */
 #define PN_YIELD_EVERY 64
 
-/* How long an idle worker spins for new work before it sleeps, and how
- * long a worker that found a task waits for the submitter to release the
- * GIL in result().  Chosen with `python -m piston bench thread` (one-at-a-
- * time latency): a sleep/wake pair costs more than either spin. */
-#define PN_WORKER_SPIN_NS 50000
+/* The most an idle worker spins for new work before it sleeps, and the
+ * most a worker that found a task waits for its submitter to release the
+ * GIL in result(); both are learnt down from there (pn_spin_budget), so a
+ * busy machine stops paying for spins.  A sleep/wake pair costs 5-20 us on
+ * an idle VM's vCPU: `python -m piston bench thread` (one-at-a-time
+ * latency) and tests' round trips next to busy processes chose them. */
+#define PN_WORKER_SPIN_NS 20000
 #define PN_GIL_HANDOFF_SPIN_NS 5000
+
+/* Process-wide, a C value: the handoff wait depends on the machine's
+ * load, not on a pool. */
+static pn_spin_budget handoff_budget =
+    PN_SPIN_BUDGET_INIT(PN_GIL_HANDOFF_SPIN_NS);
 
 typedef struct {
     PyObject_HEAD
@@ -227,10 +234,13 @@ await_gil_handoff(pn_qnode *node)
         return;
     }
     f = PN_CONTAINER_OF(node, pn_future, qnode);
-    pn_spinner_init(&spin, PN_GIL_HANDOFF_SPIN_NS);
+    int64_t started = pn_monotonic_ns();
+    pn_spinner_init(&spin, pn_spin_budget_get(&handoff_budget));
     do {
         /* Pairs with the release increment in pn_wait_word. */
         if (atomic_load_explicit(&f->nspinners, memory_order_acquire) > 0) {
+            pn_spin_budget_learn(&handoff_budget,
+                                 pn_monotonic_ns() - started);
             return;
         }
         /* A future with a callback or hook (asyncio.wrap_future) is not
@@ -241,6 +251,8 @@ await_gil_handoff(pn_qnode *node)
             return;
         }
     } while (pn_spinner_step(&spin));
+    /* Never came: spinning was wasted. */
+    pn_spin_budget_learn(&handoff_budget, INT64_MAX);
 }
 
 /* A slot for a starting worker (GIL held): an index, since the array
@@ -311,6 +323,7 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
     }
     pn_future *staged = NULL;
     int exiting = 0, spun = 0;
+    int64_t idle_since = 0;
     for (;;) {
         uint32_t unit;
         pn_qnode *node = NULL;
@@ -323,8 +336,12 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
             if (staged != NULL) {
                 pn_future_publish_staged(staged);
             }
-            node = pn_workq_pop_spin(&core->q, &unit,
-                                     spun ? 0 : PN_WORKER_SPIN_NS);
+            if (!spun) {
+                idle_since = pn_monotonic_ns();
+            }
+            node = pn_workq_pop_spin(
+                &core->q, &unit,
+                spun ? 0 : pn_spin_budget_get(&core->idle_budget));
             spun = 0;
             /* Going to sleep: a staged future must not stay referenced by
              * an idle worker, so its reference is dropped (GIL) first. */
@@ -335,6 +352,8 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
                 }
             }
             if (node != NULL) {
+                pn_spin_budget_learn(&core->idle_budget,
+                                     pn_monotonic_ns() - idle_since);
                 await_gil_handoff(node);
             }
             Py_END_ALLOW_THREADS
@@ -683,6 +702,8 @@ tp_configure(pn_tpexec *self, PyObject *args)
         return pn_raise_errno(-r);
     }
     core->max_workers = max_workers;
+    core->idle_budget.ns = PN_WORKER_SPIN_NS;
+    core->idle_budget.max_ns = PN_WORKER_SPIN_NS;
     core->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
     core->initargs = Py_NewRef(initargs);
     core->q_ready = 1;

@@ -4,6 +4,7 @@
 #define PN_THREADPOOL_H
 
 #include "ext/module.h"
+#include "core/pn_spin.h"
 #include "core/pn_workq.h"
 
 #include <stdint.h>
@@ -33,6 +34,7 @@ typedef struct pn_tpcore {
     PyObject *broken;               /* NULL, or why the pool is broken */
     PyObject *initializer;
     PyObject *initargs;
+    pn_spin_budget idle_budget;     /* how long idle workers spin */
     pn_worker_slot *slots;          /* grown as workers start */
     Py_ssize_t nslots;
 } pn_tpcore;
