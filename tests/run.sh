@@ -11,8 +11,9 @@
 #   py313   Python found (3.11 is the machine's python3; others via pyenv)
 #   asan    a 3.11 venv with piston built PISTON_SANITIZE=1, the suite run
 #           with libasan preloaded and PYTHONMALLOC=malloc; any report fails
-#   leaks   tests/leaks/check_thread_pool.py: self-test, then every check in
-#           its own process against the py311 build
+#   leaks   tests/leaks/check_thread_pool.py against the py311 build: its
+#           self-test, every workload in its own process, then the suite's
+#           thread-pool/Future tests in a loop
 #
 # Knobs (environment):
 #   PISTON_CI_JOBS="c py311 asan"  run a subset (default: all, in that order)
@@ -308,9 +309,10 @@ job_leaks() {
     echo "-- leak checker self-test (an injected leak must be reported)"
     (cd "$SCRATCH" && timeout -k 10 "$(limit 600)" \
         "$venv/bin/python" -P "$script" --self-test --timeout 120)
-    echo "-- leak checks: each in its own process"
-    (cd "$SCRATCH" && timeout -k 10 "$(limit 1200)" \
-        "$venv/bin/python" -P "$script" --timeout 180)
+    echo "-- leak checks: each workload in its own process, then the suite's"
+    echo "   thread-pool and Future tests in a loop"
+    (cd "$SCRATCH" && PISTON_REQUIRE=1 timeout -k 10 "$(limit 1200)" \
+        "$venv/bin/python" -P "$script" --timeout 180 --log-dir "$LOGS")
 }
 
 # --- driver -------------------------------------------------------------------

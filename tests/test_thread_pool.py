@@ -1268,3 +1268,75 @@ def test_signal_handler_exception_interrupts_pool_waits(make_pool,
         signal.signal(signal.SIGUSR1, old)
     gate.set()
     assert ex.submit(add, 1).result(timeout=T) == 1
+
+
+# ------------------------------------------------------------- stress mix
+
+def test_one_at_a_time_round_trips(make_pool):
+    ex = make_pool(max_workers=1)
+    for i in range(5000):
+        assert ex.submit(add, i, 1).result(timeout=T) == i + 1
+
+
+def test_polling_with_tiny_timeouts_races_completion(make_pool):
+    ex = make_pool(max_workers=2)
+    for i in range(300):
+        f = ex.submit(time.sleep, 0.0005 * (i % 3))
+        deadline = time.monotonic() + T
+        while True:
+            try:
+                assert f.result(timeout=0.0001) is None
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        assert f.done() and not f.running()
+
+
+def test_concurrent_mixed_operations(make_pool):
+    ex = make_pool(max_workers=3)
+    errors = []
+
+    def client(seed):
+        rng = random.Random(seed)
+        try:
+            for n in range(800):
+                op = rng.randrange(5)
+                if op == 0:
+                    assert ex.submit(add, n, seed).result(timeout=T) == \
+                        n + seed
+                elif op == 1:
+                    f = ex.submit(add, n)
+                    if f.cancel():
+                        assert f.cancelled()
+                        with pytest.raises(cf.CancelledError):
+                            f.result(timeout=T)
+                    else:
+                        assert f.result(timeout=T) == n
+                elif op == 2:
+                    k = rng.randrange(0, 30)
+                    assert list(ex.map(operator.neg, range(k),
+                                       chunksize=rng.choice([1, 3, 8]))) == \
+                        [-i for i in range(k)]
+                elif op == 3:
+                    ev = threading.Event()
+                    box = []
+                    f = ex.submit(operator.mul, n, 2)
+                    f.add_done_callback(lambda fut: (box.append(
+                        fut.result()), ev.set()))
+                    assert ev.wait(T) and box == [2 * n]
+                else:
+                    fs = [ex.submit(add, i) for i in range(5)]
+                    done, not_done = cf.wait(
+                        fs, timeout=T, return_when=rng.choice(
+                            [cf.FIRST_COMPLETED, cf.ALL_COMPLETED]))
+                    assert done and all(f.done() for f in done)
+                    assert [f.result(timeout=T) for f in fs] == list(
+                        range(5))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=client, args=(s,)) for s in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors

@@ -4,6 +4,7 @@
 #define PN_THREADPOOL_H
 
 #include "ext/module.h"
+#include "core/pn_spin.h"
 #include "core/pn_workq.h"
 
 #include <stdint.h>
@@ -33,6 +34,7 @@ typedef struct pn_tpcore {
     PyObject *broken;               /* NULL, or why the pool is broken */
     PyObject *initializer;
     PyObject *initargs;
+    pn_spin_budget idle_budget;     /* how long idle workers spin */
     pn_worker_slot *slots;          /* grown as workers start */
     Py_ssize_t nslots;
 } pn_tpcore;
@@ -56,6 +58,20 @@ typedef struct pn_mapjob {
     _Atomic uint32_t chunks_done;   /* run, cancelled or failed */
     _Atomic int cancelled;
 } pn_mapjob;
+
+/* threadpool.c: the core, for thread_executor.c (GIL held throughout) */
+pn_tpcore *pn__tpcore_new(pn_state *st);
+int pn__tpcore_configure(pn_tpcore *core, Py_ssize_t max_workers,
+                         PyObject *initializer, PyObject *initargs);
+/* In a child after fork(): fails the parent's work, forgets its workers. */
+void pn__tpcore_check_fork(pn_tpcore *core);
+/* Cancels every queued unit (shutdown(cancel_futures=True)). */
+void pn__tpcore_cancel_queued(pn_tpcore *core);
+/* Workers exit once the queue is empty. */
+void pn__tpcore_close(pn_tpcore *core);
+
+/* thread_executor.c */
+int pn_thread_executor_exec(PyObject *m, pn_state *st);
 
 /* map_job.c */
 int pn_map_exec(PyObject *m, pn_state *st);
