@@ -17,10 +17,21 @@ typedef struct pn_timer {
     size_t index;       /* slot in the heap, PN_TIMER_UNQUEUED when out */
 } pn_timer;
 
-/* The array of pointers grows geometrically, so pushes are allocation-free
- * once the heap has seen its peak size. */
+/* A heap slot keeps a copy of its timer's key next to the pointer, so
+ * sifting compares contiguous memory instead of chasing every timer (with
+ * 100k timers, pops were dominated by those cache misses: bench loop,
+ * "100k timers firing"). */
+typedef struct pn_timerslot {
+    double when;
+    uint64_t seq;
+    pn_timer *timer;
+} pn_timerslot;
+
+/* A 4-ary heap (half the depth of a binary one, and the four children of a
+ * slot share cache lines).  The array grows geometrically, so pushes are
+ * allocation-free once the heap has seen its peak size. */
 typedef struct pn_timerheap {
-    pn_timer **items;
+    pn_timerslot *items;
     size_t len;
     size_t cap;
     uint64_t next_seq;
@@ -55,7 +66,14 @@ pn_timerheap_len(const pn_timerheap *h)
 static inline pn_timer *
 pn_timerheap_peek(const pn_timerheap *h)
 {
-    return h->len ? h->items[0] : NULL;
+    return h->len ? h->items[0].timer : NULL;
+}
+
+/* The i-th timer in heap order (i < len), for traversal. */
+static inline pn_timer *
+pn_timerheap_at(const pn_timerheap *h, size_t i)
+{
+    return h->items[i].timer;
 }
 
 /* Adds an unqueued timer.  0 or -ENOMEM (the timer is then unqueued). */

@@ -1209,7 +1209,7 @@ loop_get_scheduled(pn_loop *self, void *Py_UNUSED(c))
     for (size_t i = 0; i < n; i++) {
         PyList_SET_ITEM(list, (Py_ssize_t)i,
                         Py_NewRef((PyObject *)timer_owner(
-                            self->timers.items[i])));
+                            pn_timerheap_at(&self->timers, i))));
     }
     return list;
 }
@@ -1361,7 +1361,7 @@ loop_traverse(pn_loop *self, visitproc visit, void *arg)
         }
     }
     for (size_t i = 0; i < pn_timerheap_len(&self->timers); i++) {
-        int r = pn_handle_visit_queued(timer_owner(self->timers.items[i]),
+        int r = pn_handle_visit_queued(timer_owner(pn_timerheap_at(&self->timers, i)),
                                        visit, arg);
         if (r) {
             return r;
