@@ -12,6 +12,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.mark.skipif(os.environ.get("PISTON_COMPAT") == "0",
                     reason="PISTON_COMPAT=0")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="slow and noisy under AddressSanitizer; the "
+                           "plain builds run it")
 def test_cpython_test_asyncio_on_piston():
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "cpython_compat", "run.py"),

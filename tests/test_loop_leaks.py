@@ -11,6 +11,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.mark.skipif(os.environ.get("PISTON_LEAKS") == "0",
                     reason="PISTON_LEAKS=0")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="slow and noisy under AddressSanitizer; the "
+                           "plain builds run it")
 def test_loop_does_not_leak():
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "leaks", "check_loop.py")],
