@@ -17,8 +17,9 @@ import pytest
 
 import piston
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYPATH = os.path.join(ROOT, "python")
+# Subprocesses import the same piston as this process (a checkout's python/
+# or the installed package).
+PYPATH = os.path.dirname(os.path.dirname(os.path.abspath(piston.__file__)))
 
 
 @pytest.fixture(params=["asyncio", "piston"])

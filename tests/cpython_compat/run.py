@@ -154,10 +154,20 @@ def _netns_prefix():
             'ip link set lo up && exec "$0" "$@"']
 
 
+def _piston_path():
+    """Where the children import piston from: wherever this interpreter
+    finds it (an installed package), else the checkout's python/."""
+    try:
+        import piston
+    except ImportError:
+        return os.path.join(ROOT, "python")
+    return os.path.dirname(os.path.dirname(os.path.abspath(piston.__file__)))
+
+
 def _run_module(module, loop_kind, timeout, netns):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(ROOT, "python")]
+        [_piston_path()]
         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cmd = netns + [sys.executable, os.path.abspath(__file__), "--child",
                    module, "--loop", loop_kind]

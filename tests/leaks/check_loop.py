@@ -18,10 +18,12 @@ import sys
 import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)),
-                                "python"))
-
-import piston  # noqa: E402
+try:
+    import piston
+except ImportError:     # a checkout: the package lives in python/
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)),
+                                    "python"))
+    import piston  # noqa: E402
 
 THRESHOLDS = {"blocks": 200, "rss": 4 * 1024 * 1024, "fds": 2}
 N = 2000
