@@ -2,7 +2,8 @@
 then measured rounds on a fresh loop; after each round (garbage collected)
 it records allocated blocks, RSS and open fds.  A metric leaks when it keeps
 growing: the last third's median exceeds the first third's by more than its
-threshold.
+threshold, and both the first-to-middle and middle-to-last rises are at
+least half of it (a one-off step is not a leak).
 
   python tests/leaks/check_loop.py            every check, one process each
   python tests/leaks/check_loop.py --check X  one check in this process
@@ -145,9 +146,14 @@ def run_check(name, warmup=5, rounds=30):
     leaks = []
     for k, vals in series.items():
         early = statistics.median(vals[:third])
+        mid = statistics.median(vals[third:-third])
         late = statistics.median(vals[-third:])
-        if late - early > THRESHOLDS[k]:
-            leaks.append(f"{k} {early} -> {late}")
+        # Steady growth, not a one-off step (a cache or pool filling up):
+        # both halves of the rise must be real.
+        half = THRESHOLDS[k] / 2
+        if late - early > THRESHOLDS[k] and mid - early > half \
+                and late - mid > half:
+            leaks.append(f"{k} {early} -> {mid} -> {late}")
     return leaks
 
 
