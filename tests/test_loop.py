@@ -1064,3 +1064,23 @@ def test_watchdog_api_and_env():
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "piston watchdog" in out, (out, err)
+
+
+def test_debug_source_traceback(loop, caplog):
+    loop.set_debug(True)
+
+    def boom():
+        raise ZeroDivisionError
+
+    h = loop.call_soon(boom)        # the line reported
+    line = sys._getframe().f_lineno - 1
+    assert h._source_traceback[-1][:2] == (__file__, line)
+    assert f"created at {__file__}:{line}" in repr(h)
+    t = loop.call_later(10, print)
+    assert t._source_traceback[-1][0] == __file__
+    t.cancel()
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert any("Object created at" in r.getMessage()
+               for r in caplog.records)

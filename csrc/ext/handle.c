@@ -482,9 +482,20 @@ set_handle_repr(PyObject *m, PyObject *fn)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+set_extract_stack(PyObject *m, PyObject *fn)
+{
+    pn_state *st = PyModule_GetState(m);
+    Py_XSETREF(st->extract_stack, fn == Py_None ? NULL : Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef handle_module_methods[] = {
     {"_set_handle_repr", set_handle_repr, METH_O,
      "Installs the function that formats Handle reprs."},
+    {"_set_extract_stack", set_extract_stack, METH_O,
+     "Installs the function that captures where a handle was created "
+     "(debug mode)."},
     {NULL, NULL, 0, NULL},
 };
 

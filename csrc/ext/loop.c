@@ -135,6 +135,17 @@ parse_callback_args(const char *method, PyObject *const *args,
     return 0;
 }
 
+/* Debug mode: remember where the handle was created, as asyncio does. */
+static int
+record_source(pn_loop *self, pn_handle *h)
+{
+    if (!self->debug || self->st->extract_stack == NULL) {
+        return 0;
+    }
+    h->source_traceback = PyObject_CallNoArgs(self->st->extract_stack);
+    return h->source_traceback == NULL ? -1 : 0;
+}
+
 static int
 push_ready(pn_loop *self, pn_handle *h)
 {
@@ -165,6 +176,10 @@ schedule_soon(pn_loop *self, const char *method, PyObject *const *args,
     h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
                       args[0], args + 1, nargs - 1, context, 0);
     if (h == NULL) {
+        return NULL;
+    }
+    if (record_source(self, h) < 0) {
+        pn_handle_release(h);
         return NULL;
     }
     Py_INCREF(h);
@@ -212,6 +227,10 @@ schedule_at(pn_loop *self, const char *method, double when,
     h = pn_handle_new(self->st, self->st->TimerHandleType, (PyObject *)self,
                       args[0], args + 1, nargs - 1, context, 0);
     if (h == NULL) {
+        return NULL;
+    }
+    if (record_source(self, h) < 0) {
+        pn_handle_release(h);
         return NULL;
     }
     h->timer.when = when;

@@ -52,6 +52,7 @@ typedef struct pn_state {
     PyTypeObject *TimerHandleType;
     PyTypeObject *LoopCoreType;
     PyObject *handle_repr;          /* piston._loop's Handle repr helper */
+    PyObject *extract_stack;        /* piston._loop's debug-mode stack */
     PyObject *aio_Future;           /* asyncio.Future, imported lazily */
     PyObject *aio_Task;             /* asyncio.Task, imported lazily */
     PyObject *aio_convert_exc;      /* asyncio.futures._convert_future_exc */

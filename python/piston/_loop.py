@@ -74,6 +74,15 @@ def _handle_repr(handle):
 _piston._set_handle_repr(_handle_repr)
 
 
+def _extract_stack():
+    """Debug mode: where call_soon/call_later/call_at was called (the C
+    method has no frame, so the caller is this function's caller)."""
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+_piston._set_extract_stack(_extract_stack)
+
+
 def _format_handle(handle):
     cb = handle._callback
     owner = getattr(cb, "__self__", None)
