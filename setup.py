@@ -19,7 +19,7 @@ sources = sorted(glob.glob("csrc/core/*.c") + glob.glob("csrc/ext/*.c"))
 cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
           "-Wno-cast-function-type", "-fno-strict-aliasing", "-pthread"]
 ldflags = ["-pthread"]
-macros = []
+macros = [("_GNU_SOURCE", "1")]
 
 if os.environ.get("PISTON_STRICT") == "1":
     cflags.append("-Werror")

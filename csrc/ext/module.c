@@ -15,8 +15,8 @@
     X(RLockType) X(state_names[0]) X(state_names[1]) X(state_names[2])      \
     X(state_names[3]) X(state_names[4]) X(str_acquire) X(str_release)       \
     X(str_add_result) X(str_add_exception) X(str_add_cancelled)             \
-    X(str_exception) X(str_critical) X(ThreadPoolCoreType) X(MapJobType)    \
-    X(MapIteratorType)
+    X(str_exception) X(ThreadPoolType) X(ThreadPoolCoreType)                \
+    X(str_start_worker) X(MapJobType) X(MapIteratorType)
 
 static int
 module_traverse(PyObject *m, visitproc visit, void *arg)

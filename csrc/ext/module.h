@@ -32,10 +32,11 @@ typedef struct pn_state {
     PyObject *str_add_exception;
     PyObject *str_add_cancelled;
     PyObject *str_exception;
-    PyObject *str_critical;
 
-    /* threadpool.c */
+    /* threadpool.c, map_job.c */
+    PyTypeObject *ThreadPoolType;   /* C base of piston.ThreadPoolExecutor */
     PyTypeObject *ThreadPoolCoreType;
+    PyObject *str_start_worker;
     PyTypeObject *MapJobType;
     PyTypeObject *MapIteratorType;
     int interpreter_exiting;        /* set by piston's threading atexit hook */

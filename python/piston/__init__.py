@@ -17,6 +17,15 @@ import sys as _sys
 if not _sys.platform.startswith("linux"):  # pragma: no cover
     raise ImportError("piston needs Linux (epoll, eventfd, memfd, pidfd, futex)")
 
+try:
+    from piston import _piston as _ext  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "piston's C extension piston._piston is not built or does not load "
+        "(%s). Install piston with 'pip install .' from the source tree, or "
+        "build it in place with 'python setup.py build_ext --inplace'." % _exc
+    ) from _exc
+
 from piston._piston import (  # noqa: E402
     BrokenPool,
     BrokenProcessPool,

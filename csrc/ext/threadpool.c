@@ -1,0 +1,875 @@
+/* piston's thread pool: the C base of piston.ThreadPoolExecutor and the
+ * core its workers run, waiting for work without the GIL. */
+#include "ext/threadpool.h"
+#include "ext/future.h"
+#include "core/pn_fork.h"
+#include "core/pn_futex.h"
+
+#include <errno.h>
+#include <signal.h>
+
+/* A worker that always finds more work keeps the GIL; every this many units
+ * it lets a thread that asked for the GIL have it (C callables never reach
+ * the eval loop's own switch check). */
+#define PN_YIELD_EVERY 64
+
+/* How long an idle worker spins for new work before it sleeps, and how
+ * long a worker that found a task waits for the submitter to release the
+ * GIL in result().  Chosen with `python -m piston bench thread` (one-at-a-
+ * time latency): a sleep/wake pair costs more than either spin. */
+#define PN_WORKER_SPIN_NS 50000
+#define PN_GIL_HANDOFF_SPIN_NS 5000
+
+typedef struct {
+    PyObject_HEAD
+    pn_tpcore *core;
+} pn_tpexec;
+
+static const char initializer_failed[] =
+    "A thread initializer failed, the thread pool is not usable anymore";
+
+/* ---- ending work that will never run ------------------------------------ */
+
+typedef struct {
+    pn_state *st;
+    PyObject *message;
+} broken_arg;
+
+static PyObject *
+make_broken(void *arg)
+{
+    broken_arg *b = arg;
+    return PyObject_CallOneArg(b->st->BrokenThreadPool, b->message);
+}
+
+/* Ends units [first, last) of a node nobody will run: cancelled when
+ * `message` is NULL, else failed with BrokenThreadPool(message).  Takes
+ * over the queue's reference when the node is done. */
+static void
+end_node(pn_tpcore *core, pn_qnode *node, uint32_t first, uint32_t last,
+         PyObject *message)
+{
+    broken_arg b = {core->st, message};
+    if (node->kind == PN_NODE_MAP) {
+        pn_mapjob_end_chunks(PN_CONTAINER_OF(node, pn_mapjob, qnode), first,
+                             last, message ? make_broken : NULL, &b);
+        return;
+    }
+    pn_future *f = PN_CONTAINER_OF(node, pn_future, qnode);
+    uint32_t s = atomic_load_explicit(&f->state, memory_order_acquire);
+    int r = 0;
+    if (atomic_load_explicit(&f->publishing, memory_order_acquire)) {
+        /* A forked child caught a worker between staging and publishing:
+         * the outcome is complete, so publish it here. */
+        pn_future_publish_staged(f);
+        Py_DECREF(f);
+        return;
+    }
+    if (s == PN_FUT_FINISHED) {
+        Py_DECREF(f);           /* done already: only the reference left */
+        return;
+    }
+    pn_future_clear_work(f);
+    if (message == NULL) {
+        /* Cancel, then notify cf.wait() waiters as a worker would have. */
+        r = pn_future_cancel((PyObject *)f);
+        if (r > 0) {
+            r = pn_future_set_running_or_notify_cancel((PyObject *)f);
+        }
+    }
+    else if (s == PN_FUT_PENDING || s == PN_FUT_RUNNING) {
+        PyObject *exc = make_broken(&b);
+        r = exc ? pn_future_set_exception((PyObject *)f, exc) : -1;
+        Py_XDECREF(exc);
+    }
+    else {
+        /* Cancelled while queued: its waiters still hear of it. */
+        r = pn_future_set_running_or_notify_cancel((PyObject *)f);
+    }
+    if (r < 0) {
+        PyErr_WriteUnraisable((PyObject *)f);
+    }
+    Py_DECREF(f);
+}
+
+static void
+end_list(pn_tpcore *core, pn_qnode *list, PyObject *message)
+{
+    while (list != NULL) {
+        pn_qnode *next = list->next;
+        end_node(core, list, list->units_total - list->units_left,
+                 list->units_total, message);
+        list = next;
+    }
+}
+
+/* In a child after fork(): the parent's workers are gone.  Queued work and
+ * work they were running is failed here (it runs in the parent), and the
+ * pool starts fresh threads on the next submit. */
+static void
+core_after_fork(pn_tpcore *core)
+{
+    PyObject *msg = PyUnicode_FromString(
+        "the task was submitted before fork(); it runs in the parent "
+        "process, not in this child");
+    pn_qnode *list = pn_workq_after_fork(&core->q);
+    if (msg == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        return;
+    }
+    for (unsigned i = 0; i < core->max_workers; i++) {
+        pn_worker_slot *s = &core->slots[i];
+        if (s->in_use && s->node != NULL) {
+            end_node(core, s->node, s->unit, s->unit + 1, msg);
+        }
+        s->in_use = 0;
+        s->node = NULL;
+    }
+    end_list(core, list, msg);
+    Py_DECREF(msg);
+}
+
+static inline void
+check_fork(pn_tpcore *core)
+{
+    if (core->q_ready && core->q.fork_gen != pn_fork_generation()) {
+        core_after_fork(core);
+    }
+}
+
+/* ---- the worker ---------------------------------------------------------- */
+
+/* Asynchronous signals go to the main thread, whose waits they interrupt
+ * (Ctrl-C); faults stay with the thread that caused them. */
+static void
+block_async_signals(void)
+{
+    static const int sync_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+                                       SIGTRAP, SIGSYS, SIGABRT};
+    sigset_t set;
+    sigfillset(&set);
+    for (size_t i = 0; i < sizeof(sync_signals) / sizeof(int); i++) {
+        sigdelset(&set, sync_signals[i]);
+    }
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static void
+log_critical(pn_state *st, const char *msg, PyObject *exc)
+{
+    PyObject *meth = PyObject_GetAttrString(st->cf_logger, "critical");
+    PyObject *args = meth ? Py_BuildValue("(s)", msg) : NULL;
+    PyObject *kw = args ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
+    PyObject *r = kw ? PyObject_Call(meth, args, kw) : NULL;
+    if (r == NULL) {
+        PyErr_WriteUnraisable(st->cf_logger);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(kw);
+    Py_XDECREF(args);
+    Py_XDECREF(meth);
+}
+
+/* The initializer failed: like the stdlib, the pool is broken and every
+ * queued task fails with BrokenThreadPool. */
+static void
+core_break(pn_tpcore *core)
+{
+    if (core->broken == NULL) {
+        core->broken = PyUnicode_FromString(initializer_failed);
+        if (core->broken == NULL) {
+            PyErr_WriteUnraisable(NULL);
+            return;
+        }
+    }
+    end_list(core, pn_workq_drain(&core->q), core->broken);
+}
+
+/* Runs a task.  Returns the future when its outcome was staged (the caller
+ * publishes it once the GIL is released, then drops the queue's reference),
+ * else NULL with the reference dropped. */
+static pn_future *
+run_task(pn_state *st, pn_future *f, int may_stage)
+{
+    int r = pn_future_set_running_or_notify_cancel((PyObject *)f);
+    if (r > 0) {
+        PyObject *res;
+        if (f->kwargs == NULL) {
+            res = PyObject_Vectorcall(f->fn, &PyTuple_GET_ITEM(f->args, 0),
+                                      PyTuple_GET_SIZE(f->args), NULL);
+        }
+        else {
+            res = PyObject_Call(f->fn, f->args, f->kwargs);
+        }
+        /* Drop the call's references before completing, as the stdlib
+         * worker does, so callbacks do not see them alive. */
+        pn_future_clear_work(f);
+        PyObject *exc = res ? NULL : pn_fetch_exception();
+        if (may_stage && pn_future_stage((PyObject *)f, res, exc)) {
+            Py_XDECREF(res);
+            Py_XDECREF(exc);
+            return f;
+        }
+        r = res ? pn_future_set_result((PyObject *)f, res)
+                : pn_future_set_exception((PyObject *)f, exc);
+        Py_XDECREF(res);
+        Py_XDECREF(exc);
+    }
+    else {
+        pn_future_clear_work(f);
+    }
+    if (r < 0) {
+        /* The future was completed behind the pool's back, or a done-
+         * callback raised a BaseException: logged as the stdlib's worker
+         * does, but this worker carries on. */
+        PyObject *exc = pn_fetch_exception();
+        log_critical(st, "Exception in worker", exc);
+        Py_DECREF(exc);
+    }
+    Py_DECREF(f);      /* the queue's reference */
+    return NULL;
+}
+
+/* A worker that just claimed a task while its submitter still holds the
+ * GIL waits briefly for result() to release it, rather than sleep in the
+ * GIL's own condvar and need a wake-up. */
+static void
+await_gil_handoff(pn_qnode *node)
+{
+    pn_future *f;
+    int64_t stop;
+    if (node->kind != PN_NODE_TASK) {
+        return;
+    }
+    f = PN_CONTAINER_OF(node, pn_future, qnode);
+    stop = pn_monotonic_ns() + PN_GIL_HANDOFF_SPIN_NS;
+    for (unsigned i = 1;; i++) {
+        /* Pairs with the release increment in pn_wait_word. */
+        if (atomic_load_explicit(&f->nspinners, memory_order_acquire) > 0) {
+            return;
+        }
+        pn_cpu_relax();
+        if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
+            return;
+        }
+    }
+}
+
+static int
+claim_slot(pn_tpcore *core)
+{
+    for (unsigned i = 0; i < core->max_workers; i++) {
+        if (!core->slots[i].in_use) {
+            core->slots[i].in_use = 1;
+            core->slots[i].node = NULL;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static PyObject *
+core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
+{
+    pn_worker_slot *slot;
+    unsigned ran = 0;
+    int idx;
+
+    if (!core->q_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "thread pool not configured");
+        return NULL;
+    }
+    idx = claim_slot(core);
+    slot = idx >= 0 ? &core->slots[idx] : NULL;
+    block_async_signals();
+    if (core->initializer != NULL) {
+        PyObject *r = PyObject_Call(core->initializer, core->initargs, NULL);
+        if (r == NULL) {
+            PyObject *exc = pn_fetch_exception();
+            log_critical(core->st, "Exception in initializer:", exc);
+            Py_DECREF(exc);
+            core_break(core);
+            pn_workq_thread_exit(&core->q);
+            if (slot) {
+                slot->in_use = 0;
+            }
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(r);
+    }
+    pn_future *staged = NULL;
+    int exiting = 0, spun = 0;
+    for (;;) {
+        uint32_t unit;
+        pn_qnode *node = NULL;
+        if (staged == NULL) {
+            node = pn_workq_trypop(&core->q, &unit);
+        }
+        if (node == NULL) {
+            ran = 0;
+            Py_BEGIN_ALLOW_THREADS
+            if (staged != NULL) {
+                pn_future_publish_staged(staged);
+            }
+            node = pn_workq_pop_spin(&core->q, &unit,
+                                     spun ? 0 : PN_WORKER_SPIN_NS);
+            spun = 0;
+            /* Going to sleep: a staged future must not stay referenced by
+             * an idle worker, so its reference is dropped (GIL) first. */
+            if (node == NULL && staged == NULL) {
+                node = pn_workq_pop_wait(&core->q, &unit);
+                if (node == NULL) {
+                    exiting = 1;
+                }
+            }
+            if (node != NULL) {
+                await_gil_handoff(node);
+            }
+            Py_END_ALLOW_THREADS
+            Py_CLEAR(staged);   /* the queue's reference */
+            if (slot) {
+                slot->node = NULL;
+            }
+            if (exiting) {
+                break;          /* closing and drained: our slot is freed */
+            }
+            if (node == NULL) {
+                spun = 1;       /* nothing came: sleep on the next turn */
+                continue;
+            }
+        }
+        else if (++ran == PN_YIELD_EVERY) {
+            ran = 0;
+            Py_BEGIN_ALLOW_THREADS
+            Py_END_ALLOW_THREADS
+        }
+        if (slot) {
+            slot->node = node;
+            slot->unit = unit;
+        }
+        if (node->kind == PN_NODE_MAP) {
+            pn_mapjob_run_chunk(PN_CONTAINER_OF(node, pn_mapjob, qnode),
+                                unit);
+        }
+        else {
+            /* Stage only when the GIL is about to be released anyway. */
+            staged = run_task(core->st,
+                              PN_CONTAINER_OF(node, pn_future, qnode),
+                              pn_workq_looks_empty(&core->q));
+        }
+        if (slot && staged == NULL) {
+            slot->node = NULL;  /* a staged task keeps it until published */
+        }
+        pn_workq_unit_done(&core->q);
+    }
+    if (slot) {
+        slot->in_use = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_close(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
+{
+    if (core->q_ready) {
+        pn_workq_close(&core->q);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+core_traverse(pn_tpcore *core, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)Py_TYPE(core));
+    Py_VISIT(core->broken);
+    Py_VISIT(core->initializer);
+    Py_VISIT(core->initargs);
+    return 0;
+}
+
+static int
+core_clear(pn_tpcore *core)
+{
+    Py_CLEAR(core->broken);
+    Py_CLEAR(core->initializer);
+    Py_CLEAR(core->initargs);
+    return 0;
+}
+
+static void
+core_dealloc(pn_tpcore *core)
+{
+    PyTypeObject *tp = Py_TYPE(core);
+    PyObject_GC_UnTrack(core);
+    core_clear(core);
+    /* Workers hold a reference, so none is left; the queue is empty or
+     * holds work of a forked parent. */
+    if (core->q_ready) {
+        if (core->q.fork_gen == pn_fork_generation()) {
+            end_list(core, pn_workq_drain(&core->q), NULL);
+        }
+        pn_workq_destroy(&core->q);
+    }
+    PyMem_Free(core->slots);
+    tp->tp_free((PyObject *)core);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef core_methods[] = {
+    {"worker_main", (PyCFunction)core_worker_main, METH_NOARGS,
+     "Body of a worker thread: run queued work until the pool closes."},
+    {"close", (PyCFunction)core_close, METH_NOARGS,
+     "Let workers exit once the queue is empty."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot core_slots[] = {
+    {Py_tp_doc, "The queue and workers behind a piston.ThreadPoolExecutor."},
+    {Py_tp_methods, core_methods},
+    {Py_tp_traverse, core_traverse},
+    {Py_tp_clear, core_clear},
+    {Py_tp_dealloc, core_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec core_spec = {
+    .name = "piston._piston.ThreadPoolCore",
+    .basicsize = sizeof(pn_tpcore),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = core_slots,
+};
+
+/* ---- the executor's C base ------------------------------------------------ */
+
+static int
+check_open(pn_tpcore *core)
+{
+    pn_state *st = core->st;
+    if (!core->q_ready) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "ThreadPoolExecutor.__init__() was not called");
+        return -1;
+    }
+    check_fork(core);
+    if (core->broken != NULL) {
+        PyErr_SetObject(st->BrokenThreadPool, core->broken);
+        return -1;
+    }
+    if (core->shutdown) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot schedule new futures after shutdown");
+        return -1;
+    }
+    if (st->interpreter_exiting) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot schedule new futures after "
+                        "interpreter shutdown");
+        return -1;
+    }
+    return 0;
+}
+
+/* Queues `node` (the queue takes the caller's reference to its object) and
+ * starts a worker when one is due.  On failure the node is not queued and
+ * the reference is the caller's again. */
+static int
+enqueue(pn_tpexec *self, pn_qnode *node, uint32_t units)
+{
+    pn_tpcore *core = self->core;
+    int start;
+    if (pn_workq_push(&core->q, node, units, &start) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot schedule new futures after shutdown");
+        return -1;
+    }
+    if (start) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self,
+                                                core->st->str_start_worker);
+        if (r != NULL) {
+            Py_DECREF(r);
+            return 0;
+        }
+        pn_workq_thread_exit(&core->q);
+        size_t len;
+        unsigned busy, nthreads, idle;
+        pn_workq_counts(&core->q, &len, &busy, &nthreads, &idle);
+        if (nthreads == 0 && pn_workq_remove(&core->q, node)) {
+            return -1;          /* nobody could ever run it: say so */
+        }
+        /* Other workers will run it; the pool just stays smaller. */
+        PyErr_Clear();
+    }
+    return 0;
+}
+
+static PyObject *
+tp_submit(pn_tpexec *self, PyObject *const *args, Py_ssize_t nargsf,
+          PyObject *kwnames)
+{
+    pn_tpcore *core = self->core;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    pn_future *f;
+    PyObject *fn;
+
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "submit() missing 1 required "
+                        "positional argument: 'fn'");
+        return NULL;
+    }
+    fn = args[0];
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError,
+                     "submit(): fn must be callable, not %.100s",
+                     Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    if (check_open(core) < 0) {
+        return NULL;
+    }
+    f = (pn_future *)pn_future_new(core->st);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->fn = Py_NewRef(fn);
+    f->args = PyTuple_New(nargs - 1);
+    if (f->args == NULL) {
+        goto error;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(f->args, i - 1, Py_NewRef(args[i]));
+    }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        if ((f->kwargs = PyDict_New()) == NULL) {
+            goto error;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            if (PyDict_SetItem(f->kwargs, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0) {
+                goto error;
+            }
+        }
+    }
+    f->qnode.kind = PN_NODE_TASK;
+    Py_INCREF(f);                   /* the queue's reference */
+    if (enqueue(self, &f->qnode, 1) < 0) {
+        Py_DECREF(f);
+        goto error;
+    }
+    return (PyObject *)f;
+error:
+    pn_future_clear_work(f);
+    Py_DECREF(f);
+    return NULL;
+}
+
+static PyObject *
+tp_map(pn_tpexec *self, PyObject *const *args, Py_ssize_t nargsf,
+       PyObject *kwnames)
+{
+    pn_tpcore *core = self->core;
+    pn_state *st = core->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), chunksize = 1;
+    PyObject *fn, *timeout = Py_None, *zip, *items, *it;
+    pn_mapjob *job;
+    int64_t deadline;
+
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "map() missing 1 required "
+                        "positional argument: 'fn'");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *val = args[nargs + i];
+        if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+            timeout = val;
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "chunksize") == 0) {
+            chunksize = PyLong_AsSsize_t(val);
+            if (chunksize == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            if (chunksize < 1) {
+                PyErr_SetString(PyExc_ValueError, "chunksize must be >= 1.");
+                return NULL;
+            }
+        }
+        else {
+            PyErr_Format(PyExc_TypeError,
+                         "map() got an unexpected keyword argument %R", key);
+            return NULL;
+        }
+    }
+    fn = args[0];
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "map(): fn must be callable, not %.100s",
+                     Py_TYPE(fn)->tp_name);
+        return NULL;
+    }
+    if (pn_parse_timeout(timeout, &deadline) < 0 || check_open(core) < 0) {
+        return NULL;
+    }
+    /* Like the stdlib, every item is taken from the iterables now. */
+    zip = PyObject_Vectorcall((PyObject *)&PyZip_Type, args + 1, nargs - 1,
+                              NULL);
+    if (zip == NULL) {
+        return NULL;
+    }
+    items = PySequence_List(zip);
+    Py_DECREF(zip);
+    if (items == NULL) {
+        return NULL;
+    }
+    if (PyList_GET_SIZE(items) == 0) {
+        Py_DECREF(items);
+        return pn_mapiter_new(st, NULL, deadline);
+    }
+    job = pn_mapjob_new(st, fn, items, chunksize);
+    Py_DECREF(items);
+    if (job == NULL) {
+        return NULL;
+    }
+    it = pn_mapiter_new(st, job, deadline);
+    if (it == NULL || enqueue(self, &job->qnode, job->nchunks) < 0) {
+        Py_DECREF(job);             /* the queue's reference */
+        Py_XDECREF(it);
+        return NULL;
+    }
+    return it;
+}
+
+static PyObject *
+tp_configure(pn_tpexec *self, PyObject *args)
+{
+    pn_tpcore *core = self->core;
+    PyObject *initializer, *initargs;
+    int max_workers, r;
+
+    if (!PyArg_ParseTuple(args, "iOO!:_configure", &max_workers, &initializer,
+                          &PyTuple_Type, &initargs)) {
+        return NULL;
+    }
+    if (core->q_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "executor already configured");
+        return NULL;
+    }
+    if (max_workers <= 0) {
+        PyErr_SetString(PyExc_ValueError, "max_workers must be greater than 0");
+        return NULL;
+    }
+    core->slots = PyMem_Calloc((size_t)max_workers, sizeof(pn_worker_slot));
+    if (core->slots == NULL) {
+        return PyErr_NoMemory();
+    }
+    if ((r = pn_workq_init(&core->q, (unsigned)max_workers)) < 0) {
+        return pn_raise_errno(-r);
+    }
+    core->max_workers = (unsigned)max_workers;
+    core->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
+    core->initargs = Py_NewRef(initargs);
+    core->q_ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+tp_shutdown_core(pn_tpexec *self, PyObject *cancel_futures)
+{
+    pn_tpcore *core = self->core;
+    int cancel = PyObject_IsTrue(cancel_futures);
+    if (cancel < 0) {
+        return NULL;
+    }
+    if (!core->q_ready) {
+        Py_RETURN_NONE;
+    }
+    check_fork(core);
+    core->shutdown = 1;
+    if (cancel) {
+        end_list(core, pn_workq_drain(&core->q), NULL);
+    }
+    pn_workq_close(&core->q);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+tp_get_core(pn_tpexec *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef((PyObject *)self->core);
+}
+
+static PyObject *
+tp_get_shutdown(pn_tpexec *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->core->shutdown);
+}
+
+static PyObject *
+tp_get_broken(pn_tpexec *self, void *Py_UNUSED(closure))
+{
+    PyObject *b = self->core->broken;
+    return Py_NewRef(b ? b : Py_False);
+}
+
+static PyObject *
+tp_counts(pn_tpexec *self, PyObject *Py_UNUSED(ignored))
+{
+    size_t len = 0;
+    unsigned busy = 0, nthreads = 0, idle = 0;
+    if (self->core->q_ready) {
+        check_fork(self->core);
+        pn_workq_counts(&self->core->q, &len, &busy, &nthreads, &idle);
+    }
+    return Py_BuildValue("{snsIsIsI}", "queued", (Py_ssize_t)len, "busy",
+                         busy, "threads", nthreads, "idle", idle);
+}
+
+static PyObject *
+tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    pn_state *st = pn_state_from_type(type);
+    pn_tpexec *self;
+    (void)args;
+    (void)kwds;
+    if (st == NULL) {
+        return NULL;
+    }
+    self = (pn_tpexec *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->core = PyObject_GC_New(pn_tpcore, st->ThreadPoolCoreType);
+    if (self->core == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    pn_tpcore *core = self->core;
+    core->st = st;
+    core->q_ready = 0;
+    core->shutdown = 0;
+    core->max_workers = 0;
+    core->broken = core->initializer = core->initargs = NULL;
+    core->slots = NULL;
+    PyObject_GC_Track(core);
+    return (PyObject *)self;
+}
+
+static int
+tp_traverse(pn_tpexec *self, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)Py_TYPE(self));
+    Py_VISIT(self->core);
+    return 0;
+}
+
+static int
+tp_clear(pn_tpexec *self)
+{
+    /* An executor dropped without shutdown(): like the stdlib, its workers
+     * finish the queued work and exit. */
+    if (self->core != NULL) {
+        core_close(self->core, NULL);
+        Py_CLEAR(self->core);
+    }
+    return 0;
+}
+
+static void
+tp_dealloc(pn_tpexec *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    tp_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(submit_doc,
+"submit(fn, /, *args, **kwargs)\n--\n\n"
+"Schedule fn(*args, **kwargs) on a worker thread; returns a piston.Future.");
+PyDoc_STRVAR(map_doc,
+"map(fn, *iterables, timeout=None, chunksize=1)\n--\n\n"
+"Like the builtin map() but fn runs on the workers; results come back in\n"
+"order.  The iterables are consumed at once.  chunksize items go to a\n"
+"worker as one unit.  Raises TimeoutError if a result is not ready\n"
+"timeout seconds after the call; closing the iterator cancels the items\n"
+"that have not started.");
+
+static PyMethodDef tp_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))tp_submit,
+     METH_FASTCALL | METH_KEYWORDS, submit_doc},
+    {"map", (PyCFunction)(void (*)(void))tp_map,
+     METH_FASTCALL | METH_KEYWORDS, map_doc},
+    {"_configure", (PyCFunction)tp_configure, METH_VARARGS,
+     "_configure(max_workers, initializer, initargs): set up the core."},
+    {"_shutdown_core", (PyCFunction)tp_shutdown_core, METH_O,
+     "_shutdown_core(cancel_futures): refuse new work and let workers exit "
+     "once the queue is drained."},
+    {"_counts", (PyCFunction)tp_counts, METH_NOARGS,
+     "Queue and worker counters (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef tp_getset[] = {
+    {"_core", (getter)tp_get_core, NULL, "The core the workers run on.",
+     NULL},
+    {"_shutdown", (getter)tp_get_shutdown, NULL, NULL, NULL},
+    {"_broken", (getter)tp_get_broken, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot tp_slots[] = {
+    {Py_tp_doc, "C base of piston.ThreadPoolExecutor."},
+    {Py_tp_new, tp_new},
+    {Py_tp_methods, tp_methods},
+    {Py_tp_getset, tp_getset},
+    {Py_tp_traverse, tp_traverse},
+    {Py_tp_clear, tp_clear},
+    {Py_tp_dealloc, tp_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec tp_spec = {
+    .name = "piston._piston.ThreadPool",
+    .basicsize = sizeof(pn_tpexec),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = tp_slots,
+};
+
+static PyObject *
+interpreter_exiting(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    ((pn_state *)PyModule_GetState(m))->interpreter_exiting = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef threadpool_functions[] = {
+    {"_thread_pool_interpreter_exit", interpreter_exiting, METH_NOARGS,
+     "From now on thread pools refuse new work (interpreter exit)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+pn_threadpool_exec(PyObject *m, pn_state *st)
+{
+    if (pn_map_exec(m, st) < 0) {
+        return -1;
+    }
+    st->str_start_worker = PyUnicode_InternFromString("_start_worker");
+    if (st->str_start_worker == NULL) {
+        return -1;
+    }
+    st->ThreadPoolCoreType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &core_spec, NULL);
+    if (st->ThreadPoolCoreType == NULL) {
+        return -1;
+    }
+    st->ThreadPoolType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &tp_spec, NULL);
+    if (st->ThreadPoolType == NULL
+        || PyModule_AddObjectRef(m, "ThreadPool",
+                                 (PyObject *)st->ThreadPoolType) < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(m, threadpool_functions);
+}
