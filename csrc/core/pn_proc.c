@@ -1,5 +1,7 @@
 /* pidfd-based process supervision helpers. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "core/pn_proc.h"
 
 #include <errno.h>

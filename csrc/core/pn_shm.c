@@ -1,5 +1,7 @@
 /* The process pool's shared region: memfd creation, validation, doorbells. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "core/pn_shm.h"
 #include "core/pn_futex.h"
 
