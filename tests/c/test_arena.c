@@ -1,5 +1,7 @@
 /* C tests of the shared-memory buffer arena. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "core/pn_arena.h"
 #include "core/pn_futex.h"
 #include "core/pn_shm.h"

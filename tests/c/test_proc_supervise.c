@@ -1,5 +1,7 @@
 /* C tests of pidfd-based worker supervision. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "core/pn_proc.h"
 
 #include <errno.h>

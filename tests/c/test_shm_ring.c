@@ -1,5 +1,7 @@
 /* C tests of the process pool's shared region, doorbells and task ring. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "core/pn_futex.h"
 #include "core/pn_shm.h"
 
