@@ -87,6 +87,7 @@ typedef struct pn_slot {
     uint64_t task_id;
     uint32_t status;            /* PN_RES_*, valid in DONE */
     uint32_t pad_;
+    int64_t run_ns;             /* how long the task ran, valid in DONE */
     pn_msg msg;                 /* the task, then its result */
     /* Inline pickle body up to the end of the slot. */
     alignas(16) unsigned char data[];
