@@ -78,7 +78,8 @@ typedef struct task {
     int running_set;            /* future already RUNNING */
     pn_msg msg;
     uint32_t inline_len;
-    unsigned char inl[PN_SLOT_INLINE];
+    uint32_t inl_cap;
+    unsigned char *inl;         /* inline body, recycled with the record */
 } task;
 
 typedef struct worker {
@@ -338,6 +339,10 @@ store_msg(pn_arena *arena, unsigned char *base, PyObject *body,
     memset(msg, 0, sizeof(*msg));
     msg->body_len = (uint64_t)blen;
     if ((size_t)blen <= PN_SLOT_INLINE) {
+        if (inl == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
         memcpy(inl, PyBytes_AS_STRING(body), (size_t)blen);
         *inl_len = (uint32_t)blen;
     }
@@ -413,6 +418,8 @@ task_alloc_locked(pool *p)
         if (t == NULL) {
             return NULL;
         }
+        t->inl = NULL;
+        t->inl_cap = 0;
     }
     t->next = NULL;
     t->future = NULL;
@@ -815,6 +822,21 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         Py_DECREF(body);
         Py_DECREF(sink);
         return PyErr_NoMemory();
+    }
+    {
+        /* The record keeps its inline buffer when recycled: no
+         * allocation per task once warm. */
+        size_t blen = (size_t)PyBytes_GET_SIZE(body);
+        if (blen <= PN_SLOT_INLINE && blen > t->inl_cap) {
+            size_t cap = blen < 256 ? 256 : PN_SLOT_INLINE;
+            unsigned char *n = realloc(t->inl, cap);
+            if (n == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            t->inl = n;
+            t->inl_cap = (uint32_t)cap;
+        }
     }
     for (;;) {
         lock_mu(p);
@@ -1896,8 +1918,14 @@ procpool_report(PyObject *m, PyObject *args)
     else {
         atomic_store_explicit(&ctl->wstatus, wstatus, memory_order_relaxed);
         /* Pairs with the acquire loads of ctl->state in the collector:
-         * EXITED comes with the status. */
-        atomic_store_explicit(&ctl->state, PN_W_EXITED, memory_order_release);
+         * EXITED comes with the status.  An INITFAIL stays (its text is
+         * the better report). */
+        uint32_t cur = atomic_load_explicit(&ctl->state,
+                                            memory_order_relaxed);
+        if (cur != PN_W_INITFAIL) {
+            atomic_store_explicit(&ctl->state, PN_W_EXITED,
+                                  memory_order_release);
+        }
     }
     pn_bell_ring(&h->parent_bell);
     pn_shm_detach(&shm, 0);
@@ -2073,6 +2101,7 @@ pool_dealloc(PyObject *self)
     while (p->free_tasks) {
         task *t = p->free_tasks;
         p->free_tasks = t->next;
+        free(t->inl);
         free(t);
     }
     if (p->server_pidfd >= 0) {
