@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import sys
 import time
 
 from piston import ProcessPoolExecutor as PISTON
@@ -87,14 +88,20 @@ class _Pebble:
 
 
 def _impls(workers=WORKERS):
+    fork = multiprocessing.get_context("fork")
     impls = {
+        # The stdlib's fastest start method (its default before 3.14).
         "stdlib": lambda: _Executor(concurrent.futures.ProcessPoolExecutor(
-            workers)),
+            workers, mp_context=fork)),
         "piston": lambda: _Executor(PISTON(workers), auto_chunks=True),
         "mp.Pool": lambda: _MpPool(workers),
     }
     try:
+        import cloudpickle
         import loky
+        # loky's workers start fresh and may not import this module (a
+        # source checkout maps it under piston.benchmarks): send by value.
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
         impls["loky"] = lambda: _Executor(loky.ProcessPoolExecutor(workers))
     except ImportError:
         pass
@@ -274,7 +281,7 @@ def startup(h):
             h._say(f"{name} rep {rep + 1}/{h.reps}")
             t0 = time.perf_counter()
             ex = make()
-            ex.submit(_noop).result()
+            ex.submit(os.getpid).result()   # importable by any start method
             samples[name].append((time.perf_counter() - t0) * 1e3)
             ex.shutdown(wait=True)
     values = {k: median(v) for k, v in samples.items()}

@@ -272,6 +272,21 @@ def test_unpicklable_result_and_exception(pool):
     assert ex.submit(square, 3).result(timeout=30) == 9
 
 
+class FailsToUnpickle:
+    def __getstate__(self):
+        return {"a": 1}
+
+    def __setstate__(self, state):
+        raise RuntimeError("cannot unpickle me")
+
+
+def test_argument_failing_to_unpickle_in_worker(pool):
+    ex = pool(1)
+    with pytest.raises(RuntimeError, match="cannot unpickle me"):
+        ex.submit(identity, FailsToUnpickle()).result(timeout=30)
+    assert ex.submit(square, 3).result(timeout=30) == 9
+
+
 def test_lambda_with_cloudpickle(pool):
     pytest.importorskip("cloudpickle")
     ex = pool(1)

@@ -199,6 +199,15 @@ msg_body(unsigned char *base, pn_slot *slot)
     return slot->msg.body_off ? base + slot->msg.body_off : slot->data;
 }
 
+/* Sets `exc` (a reference stolen) as the current exception, traceback
+ * kept. */
+static void
+restore_exc(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+}
+
 /* -------------------------------------------- pickling with out-of-band
  * buffers: a callable that keeps big contiguous buffers for the arena and
  * lets pickle keep the rest in-band. */
@@ -313,8 +322,7 @@ dumps5(PyObject *dumps, PyObject *cloud_dumps, PyObject *kwnames,
             /* Report the stdlib pickler's complaint, which names the
              * object; cloudpickle's is about its own internals. */
             PyErr_Clear();
-            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-            Py_DECREF(exc);
+            restore_exc(exc);
         }
         else {
             Py_XDECREF(exc);
@@ -1646,9 +1654,14 @@ run_task(pn_state *st, pn_shm *shm, pn_arena *wa, pn_slot *s,
     }
     Py_CLEAR(bufs);
     {
+        /* The view must not outlive the block; keep loads' error. */
+        PyObject *saved = obj == NULL ? pn_fetch_exception() : NULL;
         PyObject *r = PyObject_CallMethod(body, "release", NULL);
         Py_XDECREF(r);
         PyErr_Clear();
+        if (saved != NULL) {
+            restore_exc(saved);
+        }
     }
     Py_CLEAR(body);
     if (req.body_off) {
@@ -1688,8 +1701,16 @@ task_error:
     Py_CLEAR(bufs);
     Py_CLEAR(body);
     exc = pn_fetch_exception();
+    if (exc == NULL) {
+        PyErr_SetString(PyExc_SystemError,
+                        "task failed without an exception");
+        exc = pn_fetch_exception();
+        if (exc == NULL) {
+            goto fatal_text;
+        }
+    }
     {
-        PyObject *tb = exc ? PyObject_CallOneArg(format_exc, exc) : NULL;
+        PyObject *tb = PyObject_CallOneArg(format_exc, exc);
         if (tb == NULL) {
             PyErr_Clear();
             tb = PyUnicode_FromString("");
