@@ -165,13 +165,22 @@ pn_bell_ring(pn_bell *b)
 
 int
 pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
-             int64_t deadline_ns, int spin)
+             int64_t deadline_ns, int64_t spin_ns)
 {
-    for (int i = 0; i < spin; i++) {
-        if (ready(arg)) {
-            return 1;
+    if (spin_ns > 0) {
+        int64_t stop = pn_monotonic_ns() + spin_ns;
+        if (deadline_ns != PN_FOREVER && deadline_ns < stop) {
+            stop = deadline_ns;
         }
-        pn_cpu_relax();
+        for (unsigned i = 1;; i++) {
+            if (ready(arg)) {
+                return 1;
+            }
+            pn_cpu_relax();
+            if ((i & 31) == 0 && pn_monotonic_ns() >= stop) {
+                break;
+            }
+        }
     }
     /* Pairs with the fetch_add in pn_bell_ring. */
     uint32_t seen = atomic_load_explicit(&b->seq, memory_order_acquire);

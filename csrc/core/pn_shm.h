@@ -177,12 +177,13 @@ pn_slot_word(uint64_t index, unsigned st)
 /* Ringer side: call after publishing with a release store. */
 void pn_bell_ring(pn_bell *b);
 
-/* Owner side: `ready(arg)` rechecks for work (acquire loads).  Spins
- * `spin` rounds, then sleeps until rung, `deadline_ns` (PN_FOREVER) passes
- * or a signal arrives.  Returns 1 if ready() said so, 0 when woken with
- * nothing found (caller rechecks), -ETIMEDOUT or -EINTR. */
+/* Owner side: `ready(arg)` rechecks for work (acquire loads).  Spins up
+ * to `spin_ns` (a sleep and wake-up costs several microseconds), then
+ * sleeps until rung, `deadline_ns` (PN_FOREVER) passes or a signal
+ * arrives.  Returns 1 if ready() said so, 0 when woken with nothing found
+ * (caller rechecks), -ETIMEDOUT or -EINTR. */
 int pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
-                 int64_t deadline_ns, int spin);
+                 int64_t deadline_ns, int64_t spin_ns);
 
 /* --- the task ring of one worker (parent produces, worker consumes) ---- */
 

@@ -54,7 +54,12 @@
  * is contended (lock_mu), so no Python code runs under `mu`. */
 
 #define HEARTBEAT_NS (100 * 1000 * 1000)
-#define BELL_SPIN 200
+/* How long the collector while tasks are out (and a worker that just
+ * finished a task, when cores allow) spin before sleeping: a futex sleep
+ * and wake-up costs 5-10 us on a busy 2-core VM and the next result
+ * usually comes sooner; 50 us gave 35 -> 21 us one-at-a-time latency,
+ * 100 us a little better (benchmarks/proc.py latency case). */
+#define SPIN_NS (100 * 1000)
 #define BUF_THRESHOLD_DEFAULT (64 * 1024)
 #define STOP_GRACE_NS (INT64_C(3) * 1000 * 1000 * 1000)
 /* Tasks a worker gets ahead is about this much work (at least 2, at most
@@ -1511,7 +1516,7 @@ collector_main(void *arg)
         if (!events) {
             ready_arg ra = {p};
             int r = pn_bell_wait(&h->parent_bell, any_done, &ra, deadline,
-                                 BELL_SPIN);
+                                 p->outstanding ? SPIN_NS : 0);
             if (atomic_load_explicit(&p->stop_thread, memory_order_acquire)) {
                 break;
             }
@@ -1842,6 +1847,12 @@ procpool_worker_main(PyObject *m, PyObject *args)
     pn_bell_ring(&h->parent_bell);
 
     uint64_t index = 0, ran = 0;
+    int hot = 0;                /* just ran a task: spin before sleeping */
+    /* Spinning workers only help with a core to spare for each of them,
+     * the collector and the submitting thread; on 2 cores a third spinner
+     * doubled the latency (benchmarks/proc.py latency case). */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t spin_w = ncpu > (long)h->nworkers + 2 ? SPIN_NS : 0;
     PyObject *ret = NULL;
     wready_arg wa_arg = {ctl, &shm, 0};
     for (;;) {
@@ -1858,6 +1869,7 @@ procpool_worker_main(PyObject *m, PyObject *args)
                 goto done;
             }
             s->run_ns = pn_monotonic_ns() - t0;
+            hot = 1;
             pn_ring_done(&shm, s, index);
             index++;
             ran++;
@@ -1873,7 +1885,8 @@ procpool_worker_main(PyObject *m, PyObject *args)
         int w;
         Py_BEGIN_ALLOW_THREADS
         w = pn_bell_wait(&ctl->bell, worker_ready, &wa_arg, PN_FOREVER,
-                         BELL_SPIN);
+                         hot ? spin_w : 0);
+        hot = 0;
         Py_END_ALLOW_THREADS
         if (w == -EINTR && PyErr_CheckSignals() < 0) {
             goto done;

@@ -57,7 +57,12 @@ def _format_exc(exc):
 
 
 def _run_chunk(fn, chunk):
-    return [fn(*args) for args in chunk]
+    return list(itertools.starmap(fn, chunk))
+
+
+def _run_chunk1(fn, chunk):
+    # One iterable: items travel bare, not as 1-tuples.
+    return list(map(fn, chunk))
 
 
 # ---------------------------------------------------------------- workers
@@ -439,7 +444,8 @@ class ProcessPoolExecutor(_cf.Executor):
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else timeout + time.monotonic()
-        items = list(zip(*iterables))
+        single = len(iterables) == 1
+        items = list(iterables[0]) if single else list(zip(*iterables))
         n = len(items)
         if chunksize is None:
             chunksize = max(1, min(1024, -(-n // (4 * self._max_workers))))
@@ -449,9 +455,11 @@ class ProcessPoolExecutor(_cf.Executor):
             for i in range(0, n, chunksize):
                 chunk = items[i:i + chunksize]
                 if chunksize == 1:
-                    f = self.submit(fn, *chunk[0])
+                    f = (self.submit(fn, chunk[0]) if single
+                         else self.submit(fn, *chunk[0]))
                 else:
-                    f = self.submit(_run_chunk, fn, chunk)
+                    f = self.submit(_run_chunk1 if single else _run_chunk,
+                                    fn, chunk)
                 if bar is not None:
                     f.add_done_callback(
                         lambda f, k=len(chunk): bar.add(k))

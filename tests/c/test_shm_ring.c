@@ -170,7 +170,7 @@ ping_pong(int spin, int rounds)
         CHECK(v == 2 * i);
     }
     int64_t dt = pn_monotonic_ns() - t0;
-    fprintf(stderr, "spin=%d: %.2f us per round trip\n", spin,
+    fprintf(stderr, "spin=%dns: %.2f us per round trip\n", spin,
             dt / 1000.0 / rounds);
     atomic_store_explicit(&ctl->stop, 1, memory_order_release);
     pn_bell_ring(&ctl->bell);
@@ -187,7 +187,7 @@ test_ping_pong_sleeping(void)
 static void
 test_ping_pong_spinning(void)
 {
-    ping_pong(2000, 50000);
+    ping_pong(50000, 50000);
 }
 
 /* Many tasks queued at once; the parent steals some back while the worker
@@ -201,7 +201,7 @@ test_steal_race(void)
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
     pid_t pid = fork_or_die();
     if (pid == 0) {
-        worker(&shm, 0, 100);
+        worker(&shm, 0, 5000);
     }
     uint64_t produced = 0, collected = 0, stolen = 0, done = 0;
     const uint64_t total = 200000;
@@ -234,7 +234,7 @@ test_steal_race(void)
         else {
             want_t w = {s, collected};
             pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         pn_monotonic_ns() + 1000000, 200);
+                         pn_monotonic_ns() + 1000000, 5000);
         }
     }
     CHECK(done + stolen == total);
