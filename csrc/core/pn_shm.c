@@ -239,9 +239,6 @@ pn_ring_take(pn_worker_ctl *ctl, pn_slot *slot, uint64_t index)
         return 0;
     }
     passed(ctl, index);
-    /* Read by the parent's timeout check, which treats 0 as "just now". */
-    atomic_store_explicit(&slot->start_ns, pn_monotonic_ns(),
-                          memory_order_relaxed);
     return 1;
 }
 

@@ -83,7 +83,8 @@ typedef struct pn_msg {
 
 typedef struct pn_slot {
     _Atomic uint64_t state;     /* (ring index << 3) | PN_SLOT_* */
-    _Atomic int64_t start_ns;   /* CLOCK_MONOTONIC when the worker took it */
+    _Atomic int64_t start_ns;   /* CLOCK_MONOTONIC when the call started
+                                 * (0 while unpickling: "not yet") */
     uint64_t task_id;
     uint32_t status;            /* PN_RES_*, valid in DONE */
     uint32_t pad_;
@@ -191,7 +192,7 @@ int pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
  * wakes the worker. */
 void pn_ring_publish(pn_worker_ctl *ctl, pn_slot *slot, uint64_t index);
 
-/* Worker: 1 if it took the task at `index` (now RUNNING, start time set),
+/* Worker: 1 if it took the task at `index` (now RUNNING),
  * 2 if the parent stole it back (skip it), 0 if nothing is queued there.
  * Either of the first two moves the worker's position past `index`. */
 int pn_ring_take(pn_worker_ctl *ctl, pn_slot *slot, uint64_t index);

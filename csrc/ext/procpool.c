@@ -1681,6 +1681,11 @@ run_task(pn_state *st, pn_shm *shm, pn_arena *wa, pn_slot *s,
         PyErr_SetString(PyExc_TypeError, "malformed task");
         goto task_error;
     }
+    /* The timeout counts from here: importing the function's module
+     * while unpickling (a fresh worker) is not the task's fault.  Read by
+     * the parent's timeout check. */
+    atomic_store_explicit(&s->start_ns, pn_monotonic_ns(),
+                          memory_order_relaxed);
     result = PyObject_Call(PyTuple_GET_ITEM(obj, 0), PyTuple_GET_ITEM(obj, 1),
                            PyTuple_GET_ITEM(obj, 2));
     /* Drop the arguments before answering, so their arena blocks are

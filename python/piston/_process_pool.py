@@ -365,9 +365,11 @@ class ProcessPoolExecutor(_cf.Executor):
     task it was running (WorkerCrashedError) while the pool replaces it.
 
     Extra keyword-only options:
-      task_timeout   seconds a task may run before its worker is killed and
-                     replaced and the future fails with TaskTimeoutError;
-                     per call: submit_with_timeout(timeout, fn, ...).
+      task_timeout   seconds a task may run (counted from the call, after
+                     its arguments are unpickled) before its worker is
+                     killed and replaced and the future fails with
+                     TaskTimeoutError; per call: submit_with_timeout(timeout,
+                     fn, ...).
       cancel_running if true, future.cancel() also works on a running task
                      (its worker is killed and replaced).  Futures then stay
                      PENDING until they finish (running() is False).
