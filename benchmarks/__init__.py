@@ -7,6 +7,9 @@ import importlib.util
 SUITES = {
     "thread": ("thread_pool", "piston.ThreadPoolExecutor vs "
                "concurrent.futures.ThreadPoolExecutor"),
+    "proc": ("proc", "piston.ProcessPoolExecutor vs "
+             "concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool, "
+             "loky, pebble"),
 }
 
 
