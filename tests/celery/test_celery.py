@@ -260,10 +260,12 @@ def test_child_exits_mid_task(app, worker):
         assert e.submit(F.square, 6).result(timeout=T) == 36
 
 
-def test_whole_worker_killed_and_restarted(app, make_worker, tmp_path):
+@pytest.mark.parametrize("pool", __import__("conftest").pools())
+def test_whole_worker_killed_and_restarted(app, make_worker, tmp_path,
+                                           pool):
     env = {"PISTON_TEST_VISIBILITY": "3"}
     queue = "restart-" + os.urandom(4).hex()
-    w1 = make_worker(queue, concurrency=1, env=env).start()
+    w1 = make_worker(queue, pool=pool, concurrency=1, env=env).start()
     pidfile = str(tmp_path / "pid")
     with CeleryExecutor(app, queue) as e:
         f = e.submit(F.sleep_then, 1.0, "after restart", pidfile)
@@ -272,7 +274,7 @@ def test_whole_worker_killed_and_restarted(app, make_worker, tmp_path):
         w1.proc.wait(T)
         os.unlink(pidfile)
         assert not f.done()
-        w2 = make_worker(queue, concurrency=1, env=env).start()
+        w2 = make_worker(queue, pool=pool, concurrency=1, env=env).start()
         # acks_late: the unacknowledged message comes back once the
         # visibility timeout passed and the new worker runs it.
         assert f.result(timeout=T) == "after restart"
@@ -335,3 +337,102 @@ def test_forged_result_rejected(app, worker):
                                            "sig": "00" * 32}, "SUCCESS")
         with pytest.raises(PayloadRejected):
             f.result(timeout=T)
+
+
+# ------------------------------------------------ TaskPool (-P custom)
+
+def _inspect(app, w, what, timeout=5.0, tries=6):
+    """One worker's reply to `celery inspect <what>` (retried: a busy
+    worker may miss a broadcast window)."""
+    for _ in range(tries):
+        reply = getattr(app.control.inspect([w.name], timeout=timeout),
+                        what)()
+        if reply and w.name in reply:
+            return reply[w.name]
+    pytest.fail("no %s reply from %s:\n%s" % (what, w.name, w.text()))
+
+
+@pytest.fixture
+def custom_worker(make_worker):
+    if "custom" not in __import__("conftest").pools():
+        pytest.skip("piston.ProcessPoolExecutor is not available")
+
+    def make(**kw):
+        return make_worker(pool="custom", **kw).start()
+    return make
+
+
+def test_taskpool_plain_tasks_and_inspect(app, custom_worker, tmp_path):
+    w = custom_worker(concurrency=3)
+    r = app.send_task("t.add", (2, 3), queue=w.queue)
+    assert r.get(timeout=T) == 5
+    pids = {app.send_task("t.pid", queue=w.queue).get(timeout=T)
+            for _ in range(12)}
+    assert w.proc.pid not in pids          # ran in pool children
+    stats = _inspect(app, w, "stats")
+    pool = stats["pool"]
+    assert pool["implementation"] == "piston.celery._pool:TaskPool"
+    assert pool["max-concurrency"] == 3
+    assert 1 <= len(pool["processes"]) <= 3   # children start on demand
+    assert pids <= set(pool["processes"])
+    # --concurrency 3: three tasks run at once, in three children.
+    files = [str(tmp_path / ("p%d" % i)) for i in range(3)]
+    rs = [app.send_task("t.sleep", (3.0, i, f), queue=w.queue)
+          for i, f in enumerate(files)]
+    running = {_read_pid(f) for f in files}
+    assert len(running) == 3
+    assert not any(r.ready() for r in rs)
+    assert [r.get(timeout=T) for r in rs] == [0, 1, 2]
+    assert len(_inspect(app, w, "stats")["pool"]["processes"]) == 3
+    assert app.control.ping([w.name], timeout=5)
+    # A running task shows in `inspect active`.
+    r = app.send_task("t.sleep", (1.5, "slept"), queue=w.queue)
+    # (Earlier tasks leave the list once the worker handled their
+    # completion, a moment after their result is stored.)
+    _wait_for(lambda: [t["id"] for t in _inspect(app, w, "active")]
+              == [r.id], what="exactly the sleeping task to be active")
+    assert r.get(timeout=T) == "slept"
+
+
+def test_taskpool_max_tasks_per_child(app, custom_worker):
+    w = custom_worker(concurrency=1, extra=("--max-tasks-per-child", "2"))
+    pids = [app.send_task("t.pid", queue=w.queue).get(timeout=T)
+            for _ in range(6)]
+    # Two tasks per child, then a fresh child.
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[4] == pids[5]
+    assert len(set(pids)) == 3
+    assert _inspect(app, w, "stats")["pool"]["max-tasks-per-child"] == 2
+
+
+def test_taskpool_time_limits(app, custom_worker):
+    from celery.exceptions import TimeLimitExceeded
+    w = custom_worker(concurrency=2)
+    r = app.send_task("t.sleep", (30,), queue=w.queue, time_limit=1.0)
+    with pytest.raises(TimeLimitExceeded):
+        r.get(timeout=T)
+    # The soft limit (task option 0.5 s) raises inside the task.
+    assert app.send_task("t.soft", (10,), queue=w.queue).get(timeout=T) \
+        == "soft limit caught"
+    # The worker-wide limit applies when the task sets none.
+    w2 = custom_worker(concurrency=1, extra=("--time-limit", "1"))
+    with pytest.raises(TimeLimitExceeded):
+        app.send_task("t.sleep", (30,), queue=w2.queue).get(timeout=T)
+    assert app.send_task("t.add", (1, 1), queue=w2.queue).get(timeout=T) \
+        == 2
+
+
+def test_taskpool_child_killed(app, custom_worker, tmp_path):
+    from celery.exceptions import WorkerLostError
+    w = custom_worker(concurrency=2)
+    pidfile = str(tmp_path / "pid")
+    r = app.send_task("t.sleep", (30, None, pidfile), queue=w.queue)
+    other = app.send_task("t.sleep", (1.0, "other"), queue=w.queue)
+    os.kill(_read_pid(pidfile), signal.SIGKILL)
+    with pytest.raises(WorkerLostError):
+        r.get(timeout=T)
+    assert other.get(timeout=T) == "other"   # only its own task failed
+    # Healed: both slots run tasks again.
+    rs = [app.send_task("t.add", (i, i), queue=w.queue) for i in range(20)]
+    assert [x.get(timeout=T) for x in rs] == [2 * i for i in range(20)]
+    _wait_for(lambda: len(_inspect(app, w, "stats")["pool"]["processes"])
+              == 2, what="a replacement child")
