@@ -391,6 +391,10 @@ def test_taskpool_plain_tasks_and_inspect(app, custom_worker, tmp_path):
     # completion, a moment after their result is stored.)
     _wait_for(lambda: [t["id"] for t in _inspect(app, w, "active")]
               == [r.id], what="exactly the sleeping task to be active")
+    # Accepted when a child started it, with that child's pid.
+    _wait_for(lambda: _inspect(app, w, "active")[0]["worker_pid"]
+              in _inspect(app, w, "stats")["pool"]["processes"],
+              what="the active task's child pid")
     assert r.get(timeout=T) == "slept"
 
 
@@ -436,3 +440,30 @@ def test_taskpool_child_killed(app, custom_worker, tmp_path):
     assert [x.get(timeout=T) for x in rs] == [2 * i for i in range(20)]
     _wait_for(lambda: len(_inspect(app, w, "stats")["pool"]["processes"])
               == 2, what="a replacement child")
+
+
+def test_taskpool_revoke_terminate(app, custom_worker, tmp_path):
+    w = custom_worker(concurrency=1)
+    pidfile = str(tmp_path / "pid")
+    r = app.send_task("t.sleep", (30, None, pidfile), queue=w.queue)
+    pid = _read_pid(pidfile)
+    _wait_for(lambda: [t["id"] for t in _inspect(app, w, "active")]
+              == [r.id], what="the task to be active")
+    app.control.revoke(r.id, terminate=True, signal="SIGKILL")
+    _wait_for(lambda: r.state == "REVOKED", what="REVOKED state")
+    _wait_for(lambda: not os.path.exists("/proc/%d" % pid)
+              or open("/proc/%d/stat" % pid).read().split()[2] == "Z",
+              what="the child to die")
+    assert app.send_task("t.add", (4, 4), queue=w.queue).get(timeout=T) == 8
+    _wait_for(lambda: _inspect(app, w, "active") == [],
+              what="no active task")
+
+
+def test_taskpool_warm_shutdown_finishes_tasks(app, custom_worker, tmp_path):
+    w = custom_worker(concurrency=1)
+    pidfile = str(tmp_path / "pid")
+    r = app.send_task("t.sleep", (1.5, "finished", pidfile), queue=w.queue)
+    _read_pid(pidfile)
+    w.proc.send_signal(signal.SIGTERM)      # warm shutdown
+    w.proc.wait(T)
+    assert r.get(timeout=T) == "finished"

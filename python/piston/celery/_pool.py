@@ -2,6 +2,7 @@
 CELERY_CUSTOM_WORKER_POOL=piston.celery:TaskPool) that runs tasks on
 piston.ProcessPoolExecutor."""
 import collections
+import itertools
 import logging
 import os
 import signal
@@ -9,7 +10,7 @@ import threading
 import time
 
 from billiard.einfo import ExceptionInfo
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import Terminated, WorkerLostError
 from celery import signals
 from celery._state import _set_task_join_will_block, set_default_app
 from celery.app import trace
@@ -29,8 +30,14 @@ _CHILD_DEFAULT = ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR1",
                   "SIGQUIT")
 
 
-def _child_init(app, hostname):
+# In a pool child: the pipe on which it tells the worker which job it starts.
+_started_fd = -1
+
+
+def _child_init(app, hostname, started_fd=-1):
     """Runs once in every pool child, before its first task."""
+    global _started_fd
+    _started_fd = started_fd
     for name in _CHILD_DEFAULT:
         signum = getattr(signal, name, None)
         if signum is not None:
@@ -56,10 +63,13 @@ def _on_soft_limit(signum, frame):
     raise SoftTimeLimitExceeded()
 
 
-def _child_run(target, args, kwargs, soft_timeout):
+def _child_run(job, target, args, kwargs, soft_timeout):
     """A task's body in a pool child: Celery's tracer, under the soft time
     limit (SIGALRM raising SoftTimeLimitExceeded in the task, as prefork
     does).  The hard limit is piston's per-task timeout."""
+    if _started_fd >= 0:
+        # One write of < PIPE_BUF bytes: atomic among all children.
+        os.write(_started_fd, b"%d %d\n" % (job, os.getpid()))
     if soft_timeout:
         old = signal.signal(signal.SIGALRM, _on_soft_limit)
         signal.setitimer(signal.ITIMER_REAL, soft_timeout)
@@ -79,13 +89,37 @@ def _einfo(exc):
         return ExceptionInfo()
 
 
+class _Job:
+    """A task handed to the process pool, until Celery heard its end."""
+
+    __slots__ = ("future", "accept", "pid", "accepted", "terminated",
+                 "__weakref__")
+
+    def __init__(self, accept):
+        self.future = None
+        self.accept = accept
+        self.pid = None
+        self.accepted = False
+        self.terminated = None
+
+
 class _Result:
     """What apply_async returns: Celery keeps a weak reference to it."""
 
-    __slots__ = ("future", "__weakref__")
+    __slots__ = ("future", "pool", "job", "__weakref__")
 
-    def __init__(self, future):
+    def __init__(self, future, pool, job):
         self.future = future
+        self.pool = pool
+        self.job = job
+
+    def terminate(self, signum=None):
+        """revoke(terminate=True): kill the child running the task, or
+        cancel it if it has not started."""
+        if self.job.pid is not None:
+            self.pool.terminate_job(self.job.pid, signum)
+        else:
+            self.future.cancel()
 
     def get(self, timeout=None):
         return self.future.result(timeout)
@@ -130,6 +164,10 @@ class TaskPool(BasePool):
         self._executor = None
         self._hub = None
         self._rfd = self._wfd = -1
+        self._srfd = self._swfd = -1
+        self._ids = itertools.count()
+        self._jobs = {}              # job id -> _Job (event loop thread)
+        self._stopping = False
         self._ready = collections.deque()
         self._lock = threading.Lock()
         self._outstanding = 0
@@ -146,10 +184,17 @@ class TaskPool(BasePool):
                              "hostname), as the Celery worker passes")
         return piston.ProcessPoolExecutor(
             max_workers=self.limit, mp_context="fork",
-            initializer=_child_init, initargs=self._initargs,
+            initializer=_child_init,
+            initargs=self._initargs[:2] + (self._swfd,),
             max_tasks_per_child=self._max_tasks or None)
 
     def on_start(self):
+        # Children report the job they start on this pipe, so Celery
+        # accepts a request (acks it unless acks_late, shows it as active
+        # with its pid) when it starts, as with prefork -- not when it is
+        # queued, which would ack early and defeat the prefetch limit.
+        self._srfd, self._swfd = os.pipe()
+        os.set_blocking(self._srfd, False)
         self._executor = self._new_executor()
 
     def did_start_ok(self):
@@ -162,19 +207,25 @@ class TaskPool(BasePool):
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._hub = loop
         loop.add_reader(self._rfd, self._drain)
+        if self._srfd >= 0:
+            loop.add_reader(self._srfd, self._drain)
 
     def on_stop(self):
+        # Warm shutdown: what the pool holds runs to the end (as prefork's
+        # queue does) and Celery hears of every result.
         ex, self._executor = self._executor, None
         if ex is not None:
-            ex.shutdown(wait=True, cancel_futures=True)
+            ex.shutdown(wait=True, cancel_futures=False)
         self._drain()
         self._close_pipe()
 
     def on_terminate(self):
+        # Cold shutdown: children are killed and Celery is told nothing,
+        # so acks_late messages stay unacknowledged and are redelivered.
+        self._stopping = True
         ex, self._executor = self._executor, None
         if ex is not None:
             ex.kill_workers()
-        self._drain()
         self._close_pipe()
 
     def on_close(self):
@@ -187,10 +238,15 @@ class TaskPool(BasePool):
                 self._hub.remove_reader(self._rfd)
             except Exception:
                 pass
-        for fd in (self._rfd, self._wfd):
+            if self._srfd >= 0:
+                try:
+                    self._hub.remove_reader(self._srfd)
+                except Exception:
+                    pass
+        for fd in (self._rfd, self._wfd, self._srfd, self._swfd):
             if fd >= 0:
                 os.close(fd)
-        self._rfd = self._wfd = -1
+        self._rfd = self._wfd = self._srfd = self._swfd = -1
         self._hub = None
 
     def restart(self):
@@ -201,8 +257,19 @@ class TaskPool(BasePool):
             old.shutdown(wait=False)
 
     def terminate_job(self, pid, signal=None):
-        logger.warning("piston.celery.TaskPool cannot terminate a running "
-                       "task (pid %r); it runs to completion", pid)
+        """revoke(terminate=True): signal the child running a task; the
+        task then ends as Terminated (Celery reports it revoked) and piston
+        replaces the child."""
+        for job in self._jobs.values():
+            if job.pid == pid and pid is not None:
+                job.terminated = signal or 15
+                try:
+                    os.kill(pid, job.terminated)
+                except ProcessLookupError:
+                    pass
+                return
+        logger.warning("piston.celery.TaskPool: no task runs in pid %r",
+                       pid)
 
     def grow(self, n=1):
         raise NotImplementedError("piston.celery.TaskPool does not "
@@ -220,20 +287,36 @@ class TaskPool(BasePool):
             raise RuntimeError("piston.celery.TaskPool is not running")
         soft = soft_timeout or self._soft or None
         hard = timeout or self._hard or None
-        fut = ex.submit_with_timeout(hard, _child_run, target, args or (),
-                                     kwargs or {}, soft)
+        job_id = next(self._ids)
+        job = _Job(accept_callback)
+        fut = ex.submit_with_timeout(hard, _child_run, job_id, target,
+                                     args or (), kwargs or {}, soft)
+        job.future = fut
+        self._jobs[job_id] = job
         with self._lock:
             self._outstanding += 1
-        # Celery's request is accepted when piston has the task: the child
-        # that will run it is not known yet (so the pid is None).
-        if accept_callback is not None:
-            accept_callback(None, time.monotonic())
+        if self._hub is None:
+            # No event loop to hear the children: accept when queued.
+            self._accept(job, None)
         fut.add_done_callback(
-            lambda f: self._done(f, callback, timeout_callback,
+            lambda f: self._done(job_id, f, callback, timeout_callback,
                                  error_callback, hard))
-        return _Result(fut)
+        return _Result(fut, self, job)
 
-    def _done(self, fut, callback, timeout_callback, error_callback, hard):
+    @staticmethod
+    def _accept(job, pid):
+        if not job.accepted:
+            job.accepted = True
+            job.pid = pid
+            if job.accept is not None:
+                try:
+                    job.accept(pid, time.monotonic())
+                except Exception:
+                    logger.exception("piston.celery.TaskPool: accept "
+                                     "callback failed")
+
+    def _done(self, job_id, fut, callback, timeout_callback, error_callback,
+              hard):
         # On piston's collector thread: decide, then hand over.
         if fut.cancelled():
             call = None
@@ -243,30 +326,76 @@ class TaskPool(BasePool):
                 call = (callback, (fut.result(),))
             elif isinstance(exc, piston.TaskTimeoutError):
                 call = (timeout_callback, (False, hard))
-            elif isinstance(exc, piston.WorkerCrashedError) or \
-                    isinstance(exc, piston.BrokenProcessPool):
+            elif isinstance(exc, piston.BrokenProcessPool):
+                # WorkerCrashedError is a BrokenProcessPool.
                 lost = WorkerLostError("Worker exited prematurely: %s"
                                        % (exc,))
                 lost.__cause__ = exc
-                call = (error_callback, (_einfo(lost),))
+                call = (error_callback, lost)
             else:
-                call = (error_callback, (_einfo(exc),))
+                call = (error_callback, exc)
         with self._lock:
             self._outstanding -= 1
-        if call is None or call[0] is None:
+        if self._stopping:
             return
+        item = (job_id, call)
         if self._wfd >= 0:
-            self._ready.append(call)
+            self._ready.append(item)
             try:
                 os.write(self._wfd, b"\0")
             except BlockingIOError:
                 pass   # the pipe is full: a wake-up is already pending
             except OSError:
-                self._run(call)   # closed meanwhile: deliver here
+                self._finish(item)   # closed meanwhile: deliver here
         else:
-            self._run(call)
+            self._finish(item)
+
+    def _finish(self, item):
+        job_id, call = item
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        if call is None or call[0] is None:
+            return
+        fn, arg = call
+        if fn is not None and isinstance(arg, BaseException):
+            if job.terminated is not None and \
+                    isinstance(arg, WorkerLostError):
+                arg = Terminated(job.terminated)
+            arg = (_einfo(arg),)
+        # A task that ended before its start was heard of (it failed to
+        # start, or the pipe was slow) is accepted first: Celery expects
+        # every request to be accepted before it is done.
+        self._accept(job, None)
+        try:
+            fn(*arg)
+        except Exception:
+            logger.exception("piston.celery.TaskPool: callback %r failed",
+                             fn)
 
     def _drain(self):
+        """In the worker's event loop: starts first (a child reports its
+        start before it can finish), then completions."""
+        if self._srfd >= 0:
+            data = b""
+            while True:
+                try:
+                    chunk = os.read(self._srfd, 65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            for line in data.splitlines():
+                try:
+                    job_id, pid = map(int, line.split())
+                except ValueError:
+                    continue
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self._accept(job, pid)
         if self._rfd >= 0:
             try:
                 while os.read(self._rfd, 4096):
@@ -275,19 +404,10 @@ class TaskPool(BasePool):
                 pass
         while True:
             try:
-                call = self._ready.popleft()
+                item = self._ready.popleft()
             except IndexError:
                 return
-            self._run(call)
-
-    @staticmethod
-    def _run(call):
-        fn, args = call
-        try:
-            fn(*args)
-        except Exception:
-            logger.exception("piston.celery.TaskPool: callback %r failed",
-                             fn)
+            self._finish(item)
 
     # ---------------------------------------------------------- inspect
     def _get_info(self):
