@@ -26,5 +26,6 @@ app.conf.update(
     },
     result_expires=600,
     worker_hijack_root_logger=False,
+    worker_pool_restarts=True,
 )
 piston.celery.register(app)

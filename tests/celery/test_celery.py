@@ -467,3 +467,13 @@ def test_taskpool_warm_shutdown_finishes_tasks(app, custom_worker, tmp_path):
     w.proc.send_signal(signal.SIGTERM)      # warm shutdown
     w.proc.wait(T)
     assert r.get(timeout=T) == "finished"
+
+
+def test_taskpool_pool_restart(app, custom_worker):
+    w = custom_worker(concurrency=1)
+    before = app.send_task("t.pid", queue=w.queue).get(timeout=T)
+    reply = app.control.pool_restart(destination=[w.name], reply=True,
+                                     timeout=10)
+    assert reply and "ok" in reply[0][w.name], reply
+    _wait_for(lambda: app.send_task("t.pid", queue=w.queue).get(timeout=T)
+              != before, what="a task in a new child")
