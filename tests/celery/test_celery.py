@@ -23,6 +23,8 @@ from piston.celery import (  # noqa: E402
     CeleryExecutor, PayloadRejected, RemoteTraceback, _signing)
 
 import celery_funcs as F  # noqa: E402
+from celery_fixtures import (  # noqa: E402,F401 - fixtures
+    app, make_worker, pools, redis_url, worker)
 from celery_key import TEST_KEY as KEY  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -260,7 +262,7 @@ def test_child_exits_mid_task(app, worker):
         assert e.submit(F.square, 6).result(timeout=T) == 36
 
 
-@pytest.mark.parametrize("pool", __import__("conftest").pools())
+@pytest.mark.parametrize("pool", pools())
 def test_whole_worker_killed_and_restarted(app, make_worker, tmp_path,
                                            pool):
     env = {"PISTON_TEST_VISIBILITY": "3"}
@@ -354,7 +356,7 @@ def _inspect(app, w, what, timeout=5.0, tries=6):
 
 @pytest.fixture
 def custom_worker(make_worker):
-    if "custom" not in __import__("conftest").pools():
+    if "custom" not in pools():
         pytest.skip("piston.ProcessPoolExecutor is not available")
 
     def make(**kw):

@@ -1,6 +1,7 @@
 """Fixtures for the piston.celery tests: a real redis-server and real
 `celery worker` subprocesses, each on a free port / in a temp dir and
-stopped at teardown."""
+stopped at teardown.  (A plain module imported by test_celery.py, not a
+conftest.py: two modules named `conftest` would shadow main's.)"""
 import os
 import shutil
 import signal
