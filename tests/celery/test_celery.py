@@ -219,6 +219,10 @@ def test_shutdown_cancel_futures_revokes(app, make_worker, tmp_path):
     e.shutdown(wait=True, cancel_futures=True)
     assert first.result(timeout=0) == "first"
     assert all(f.cancelled() for f in rest)
+    # Cancelled futures count as done for wait() and as_completed().
+    done, not_done = cf.wait(rest, timeout=5)
+    assert len(done) == 4 and not not_done
+    assert len(list(cf.as_completed(rest, timeout=5))) == 4
     time.sleep(2.5)   # time for the worker to (not) run them
     assert not any(os.path.exists(m) for m in marks)
 

@@ -223,8 +223,11 @@ class _Collector(threading.Thread):
                 if entry is None or task_id in self.started:
                     return False
                 self.started.add(task_id)
-            if not entry[0].set_running_or_notify_cancel():
-                self.cancelled(task_id)
+            try:
+                if not entry[0].set_running_or_notify_cancel():
+                    self.cancelled(task_id)
+            except RuntimeError:
+                pass   # cancelled (and notified) meanwhile
             return False
         if status not in _READY:
             return False
@@ -323,6 +326,17 @@ class _Collector(threading.Thread):
                 "piston.celery collector failed: %r" % (exc,)))
 
 
+def _on_done(fut, task_id, collector):
+    if fut.cancelled():
+        # Like an executor's worker would: wait()/as_completed() count a
+        # future as done once it is CANCELLED_AND_NOTIFIED.
+        try:
+            fut.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass
+        collector.cancelled(task_id)
+
+
 class CeleryExecutor(_cf.Executor):
     """A concurrent.futures.Executor that runs callables on a Celery cluster.
 
@@ -413,8 +427,7 @@ class CeleryExecutor(_cf.Executor):
             self._collector.discard(task_id)
             raise
         fut.add_done_callback(
-            lambda f, t=task_id, c=self._collector:
-            c.cancelled(t) if f.cancelled() else None)
+            lambda f, t=task_id, c=self._collector: _on_done(f, t, c))
         return fut
 
     submit.__doc__ = _cf.Executor.submit.__doc__
