@@ -16,7 +16,8 @@
     X(state_names[3]) X(state_names[4]) X(str_acquire) X(str_release)       \
     X(str_add_result) X(str_add_exception) X(str_add_cancelled)             \
     X(str_exception) X(ThreadPoolType) X(ThreadPoolCoreType)                \
-    X(str_start_worker) X(MapJobType) X(MapIteratorType)
+    X(str_start_worker) X(MapJobType) X(MapIteratorType)                  \
+    X(ProcessPoolCoreType) X(ProcBufSinkType) X(ProcArenaBufType)
 
 static int
 module_traverse(PyObject *m, visitproc visit, void *arg)
@@ -89,7 +90,7 @@ module_exec(PyObject *m)
         return -1;
     }
     if (pn_errors_exec(m, st) < 0 || pn_future_exec(m, st) < 0
-        || pn_threadpool_exec(m, st) < 0) {
+        || pn_threadpool_exec(m, st) < 0 || pn_procpool_exec(m, st) < 0) {
         return -1;
     }
     return 0;

@@ -40,6 +40,11 @@ typedef struct pn_state {
     PyTypeObject *MapJobType;
     PyTypeObject *MapIteratorType;
     int interpreter_exiting;        /* set by piston's threading atexit hook */
+
+    /* procpool.c */
+    PyTypeObject *ProcessPoolCoreType;
+    PyTypeObject *ProcBufSinkType;  /* pickle buffer_callback */
+    PyTypeObject *ProcArenaBufType; /* a worker's view of an arena block */
 } pn_state;
 
 extern PyModuleDef pn_moduledef;
@@ -56,6 +61,7 @@ pn_state_from_type(PyTypeObject *tp)
 int pn_errors_exec(PyObject *m, pn_state *st);
 int pn_future_exec(PyObject *m, pn_state *st);
 int pn_threadpool_exec(PyObject *m, pn_state *st);
+int pn_procpool_exec(PyObject *m, pn_state *st);
 
 /* Turns a negative errno from the engine into a Python exception (always
  * returns NULL so callers can `return pn_raise_errno(-r);`). */

@@ -5,7 +5,10 @@ Drop-ins for what Python code already calls:
 * :class:`piston.Future` -- a ``concurrent.futures.Future`` implemented in C,
   shared by all of piston's engines;
 * :class:`piston.ThreadPoolExecutor` -- a ``concurrent.futures``
-  ``ThreadPoolExecutor`` whose workers wait for work without the GIL.
+  ``ThreadPoolExecutor`` whose workers wait for work without the GIL;
+* :class:`piston.ProcessPoolExecutor` -- a ``concurrent.futures``
+  ``ProcessPoolExecutor`` over shared memory whose dead workers fail only
+  their own task.
 
 Errors: :class:`PistonError` is the base of everything piston raises;
 :class:`BrokenThreadPool`, :class:`BrokenProcessPool`,
@@ -37,6 +40,7 @@ from piston._piston import (  # noqa: E402
     kernel_features,
 )
 from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
+from piston._process_pool import ProcessPoolExecutor  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,6 +50,7 @@ __all__ = [
     "BrokenThreadPool",
     "Future",
     "PistonError",
+    "ProcessPoolExecutor",
     "TaskTimeoutError",
     "ThreadPoolExecutor",
     "WorkerCrashedError",
