@@ -13,6 +13,10 @@ import time
 
 import pytest
 
+if os.environ.get("PISTON_REQUIRE_REDIS") == "1":
+    # CI installs both: a missing one must fail the run, not skip it.
+    import celery  # noqa: F401
+    import redis  # noqa: F401
 pytest.importorskip("celery", reason="piston.celery needs celery: "
                     "pip install 'celery[redis]' redis")
 pytest.importorskip("redis", reason="piston.celery tests need redis-py")
