@@ -67,6 +67,11 @@
  * 70k vs 130k tasks/s on 2 cores, /tmp bench of this commit), shallow ones
  * for long tasks so they stay cancellable and balanced, as the stdlib
  * keeps only max_workers + 1 in its call queue. */
+/* A worker maps an argument's pages in one call from this size on; below,
+ * a reused block is mostly mapped already and the madvise call is pure
+ * cost (1 MiB arguments: 3.9 -> 3.7..5.2 GB/s, within this machine's
+ * noise). */
+#define WORKER_POPULATE_MIN (8u << 20)
 #define PREFETCH_WORK_NS (5 * 1000 * 1000)
 
 enum { W_FREE, W_STARTING, W_LIVE };
@@ -379,7 +384,12 @@ store_msg(pn_arena *arena, unsigned char *base, PyObject *body,
             PyBuffer_Release(&view);
             goto full;
         }
-        populate(base + off, (uint64_t)view.len, MADV_POPULATE_WRITE);
+        /* Map the pages in one call the first time only: a reused
+         * block's pages stay mapped in this process. */
+        if (pn_arena_touched(arena, off, (uint64_t)view.len)
+            < (uint64_t)view.len) {
+            populate(base + off, (uint64_t)view.len, MADV_POPULATE_WRITE);
+        }
         memcpy(base + off, view.buf, (size_t)view.len);
         msg->buf_off[i] = off;
         msg->buf_len[i] = (uint64_t)view.len;
@@ -1640,7 +1650,9 @@ run_task(pn_state *st, pn_shm *shm, pn_arena *wa, pn_slot *s,
         b->size = shm->size;
         b->off = req.buf_off[i];
         b->len = req.buf_len[i];
-        populate(shm->base + b->off, b->len, MADV_POPULATE_READ);
+        if (b->len >= WORKER_POPULATE_MIN) {
+            populate(shm->base + b->off, b->len, MADV_POPULATE_READ);
+        }
         PyObject *mv = PyMemoryView_FromObject((PyObject *)b);
         Py_DECREF(b);
         if (mv == NULL) {
@@ -2371,6 +2383,25 @@ pool_break(PyObject *self, PyObject *reason)
 }
 
 static PyObject *
+pool_start_workers(PyObject *self, PyObject *arg)
+{
+    pool *p = (pool *)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (uint32_t k = 0; k < p->nworkers && n > 0; k++) {
+        if (p->w[k].state == W_FREE) {
+            if (start_worker(p, k) < 0) {
+                return NULL;
+            }
+            n--;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 pool_set_spawner(PyObject *self, PyObject *cb)
 {
     pool *p = (pool *)self;
@@ -2380,6 +2411,8 @@ pool_set_spawner(PyObject *self, PyObject *cb)
 
 static PyMethodDef pool_methods[] = {
     {"_set_spawner", pool_set_spawner, METH_O, "spawner(slot, gen)"},
+    {"start_workers", pool_start_workers, METH_O,
+     "start_workers(n): ask for n more workers now"},
     {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL
      | METH_KEYWORDS, "submit(fn, args, kwargs, timeout) -> Future"},
     {"start", pool_start, METH_VARARGS, "start(fork_server_pid)"},

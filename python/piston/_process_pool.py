@@ -419,6 +419,9 @@ class ProcessPoolExecutor(_cf.Executor):
                          _OOB_THRESHOLD)
         core._set_spawner(_Spawner(server))
         core.start(server.pid)
+        # One worker right away: the first submit finds it (nearly) up;
+        # the rest start on demand, as the stdlib's do.
+        core.start_workers(1)
         self._core = core
         self._server = server
         self._key = id(core)
