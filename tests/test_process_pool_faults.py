@@ -396,6 +396,27 @@ def test_parent_killed_leaves_no_orphans(tmp_path):
     assert shm_entries() - before == set()
 
 
+def test_exit_without_shutdown_runs_pending_work():
+    p = run_script("""
+        import gc, piston
+        from test_process_pool_faults import sleep_and_pid
+        ex = piston.ProcessPoolExecutor(2)
+        fs = [ex.submit(sleep_and_pid, 0.2) for _ in range(3)]
+        fs[0].add_done_callback(lambda f: print("done", flush=True))
+        dropped = piston.ProcessPoolExecutor(1)
+        dropped.submit(sleep_and_pid, 0.2).add_done_callback(
+            lambda f: print("dropped done", flush=True))
+        del dropped
+        gc.collect()
+        print("exiting", flush=True)
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.split() == ["exiting", "done", "dropped", "done"] or sorted(
+        out.split()) == sorted(["exiting", "done", "dropped", "done"]), out
+    assert "Traceback" not in err, err
+
+
 def test_ctrl_c_in_parent_exits_cleanly():
     p = run_script("""
         import signal, time
