@@ -11,14 +11,18 @@
 #   py313   Python found (3.11 is the machine's python3; others via pyenv)
 #   asan    a 3.11 venv with piston built PISTON_SANITIZE=1, the suite run
 #           with libasan preloaded and PYTHONMALLOC=malloc; any report fails
-#   leaks   tests/leaks/check_thread_pool.py: self-test, then every check in
-#           its own process against the py311 build
+#   leaks   tests/leaks/check_thread_pool.py against the py311 build: its
+#           self-test, every workload in its own process, then the suite's
+#           thread-pool/Future tests in a loop
 #
 # Knobs (environment):
 #   PISTON_CI_JOBS="c py311 asan"  run a subset (default: all, in that order)
 #   PISTON_CI_DIR=DIR              scratch dir (default: .venv-ci/, ignored)
 #   PISTON_CI_PYTEST_ARGS="-x -k x" extra pytest arguments
-#   PISTON_CI_TIMEOUT=SECONDS      limit for one pytest run (default 1200)
+#   PISTON_CI_TIMEOUT=SECONDS      limit for one pytest run (default 900)
+#   PISTON_CI_BUDGET=SECONDS       limit for the whole run (default 4800:
+#                                  CI stops a run at 90 minutes; every job's
+#                                  time limit is cut to what is left of this)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +30,9 @@ cd "$ROOT"
 SCRATCH=${PISTON_CI_DIR:-$ROOT/.venv-ci}
 LOGS=$SCRATCH/logs
 JOBS=${PISTON_CI_JOBS:-c py311 py312 py313 asan leaks}
-PYTEST_TIMEOUT=${PISTON_CI_TIMEOUT:-1200}
+PYTEST_TIMEOUT=${PISTON_CI_TIMEOUT:-900}
+BUDGET=${PISTON_CI_BUDGET:-4800}
+DEADLINE=$(($(date +%s) + BUDGET))
 read -r -a EXTRA_PYTEST_ARGS <<<"${PISTON_CI_PYTEST_ARGS:-}"
 mkdir -p "$LOGS"
 
@@ -44,6 +50,17 @@ pip_quiet() {
     return "${PIPESTATUS[0]}"
 }
 
+# limit SECONDS: SECONDS, or what is left of the run's budget if less.
+# Fails (no output) when less than a minute is left.
+limit() {
+    local left=$((DEADLINE - $(date +%s)))
+    if [ "$left" -lt 60 ]; then
+        echo "!! the run's time budget (${BUDGET}s) is spent" >&2
+        return 1
+    fi
+    echo $(($1 < left ? $1 : left))
+}
+
 # --- finding interpreters -------------------------------------------------
 
 # Prints the path of a python for version X.Y, or nothing.  3.11 is the
@@ -53,7 +70,8 @@ find_python() {
     for exe in python3 "python$want"; do
         if command -v "$exe" >/dev/null 2>&1 \
             && [ "$("$exe" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$want" ]; then
-            command -v "$exe"
+            # The real interpreter, not a pyenv shim.
+            "$exe" -c 'import sys; print(sys.executable)'
             return 0
         fi
     done
@@ -157,6 +175,7 @@ setup_venv() {
         "$venv"/*) note "installed: $where" ;;
         *) echo "!! piston._piston resolves to $where, not inside $venv"; return 1 ;;
     esac
+    touch "$SCRATCH/.built-$name"
 }
 
 # run_pytest VENV [ENV...]: the suite against the installed package.  -P keeps
@@ -166,11 +185,12 @@ setup_venv() {
 run_pytest() {
     local venv=$1
     shift
-    local rc=0
-    echo "-- pytest tests (PISTON_REQUIRE=1, timeout ${PYTEST_TIMEOUT}s)"
+    local rc=0 secs
+    secs=$(limit "$PYTEST_TIMEOUT")
+    echo "-- pytest tests (PISTON_REQUIRE=1, timeout ${secs}s)"
     env PISTON_REQUIRE=1 PISTON_CI_EXPECT_PREFIX="$venv" \
         PYTHONPATH="$ROOT/tests/leaks" "$@" \
-        timeout -k 30 "$PYTEST_TIMEOUT" \
+        timeout -k 30 "$secs" \
         "$venv/bin/python" -P -X faulthandler -m pytest tests -q -ra \
         -p no:cacheprovider -p pn_ci_plugin \
         -o faulthandler_timeout=600 "${JOB_PYTEST_ARGS[@]}" \
@@ -179,7 +199,7 @@ run_pytest() {
     case $rc in
         0) ;;
         5) echo "!! pytest collected no tests (exit 5): that is a failure" ;;
-        124|137) echo "!! pytest timed out after ${PYTEST_TIMEOUT}s" ;;
+        124|137) echo "!! pytest timed out after ${secs}s" ;;
         *) echo "!! pytest exited $rc" ;;
     esac
     return "$rc"
@@ -189,7 +209,9 @@ JOB_PYTEST_ARGS=()
 # --- the jobs ---------------------------------------------------------------
 
 job_c() {
-    bash "$ROOT/tests/c/run.sh"
+    local secs
+    secs=$(limit 900)
+    timeout -k 10 "$secs" bash "$ROOT/tests/c/run.sh"
 }
 
 job_python() {
@@ -219,7 +241,7 @@ job_asan() {
         echo "!! $so is not built with UBSan"
         return 1
     fi
-    note "instrumented: $(grep -c ' U __asan_' "$LOGS/asan-symbols.txt") ASan and $(grep -c ' U __ubsan_' "$LOGS/asan-symbols.txt") UBSan runtime symbols referenced; needs $(ldd "$so" | grep -o 'lib[a-z]*san[^ ]*' | tr '\n' ' ')"
+    note "instrumented: $(grep -c ' U __asan_' "$LOGS/asan-symbols.txt") ASan and $(grep -c ' U __ubsan_' "$LOGS/asan-symbols.txt") UBSan runtime symbols referenced; needs $(ldd "$so" | grep -o 'lib[a-z]*san\.so[^ ]*' | sort -u | tr '\n' ' ')"
     libasan=$(gcc -print-file-name=libasan.so)
     libubsan=$(gcc -print-file-name=libubsan.so)
     [ -e "$libasan" ] || { echo "!! libasan not found ($libasan)"; return 1; }
@@ -280,21 +302,24 @@ job_leaks() {
     # Reuse the py311 job's venv when it was built in this run.
     if [ ! -e "$SCRATCH/.built-py311" ]; then
         setup_venv py311 "$py" PISTON_STRICT=1
-        touch "$SCRATCH/.built-py311"
     else
         note "reusing $venv"
     fi
+    local script=$ROOT/tests/leaks/check_thread_pool.py
     echo "-- leak checker self-test (an injected leak must be reported)"
-    (cd "$SCRATCH" && "$venv/bin/python" -P "$ROOT/tests/leaks/check_thread_pool.py" --self-test)
-    echo "-- leak checks: each in its own process"
-    (cd "$SCRATCH" && "$venv/bin/python" -P "$ROOT/tests/leaks/check_thread_pool.py")
+    (cd "$SCRATCH" && timeout -k 10 "$(limit 600)" \
+        "$venv/bin/python" -P "$script" --self-test --timeout 120)
+    echo "-- leak checks: each workload in its own process, then the suite's"
+    echo "   thread-pool and Future tests in a loop"
+    (cd "$SCRATCH" && PISTON_REQUIRE=1 timeout -k 10 "$(limit 1200)" \
+        "$venv/bin/python" -P "$script" --timeout 180 --log-dir "$LOGS")
 }
 
 # --- driver -------------------------------------------------------------------
 
 declare -A RESULT DURATION
 ORDER=()
-rm -f "$SCRATCH/.built-py311"
+rm -f "$SCRATCH"/.built-*
 
 run_job() {
     local job=$1 fn rc=0 t0=$SECONDS
@@ -314,9 +339,6 @@ run_job() {
         3) RESULT[$job]=skipped ;;
         *) RESULT[$job]="FAILED (exit $rc)" ;;
     esac
-    if [ "$job" = py311 ] && [ "$rc" = 0 ]; then
-        touch "$SCRATCH/.built-py311"
-    fi
     echo "==================== job $job: ${RESULT[$job]} in ${DURATION[$job]}s"
 }
 

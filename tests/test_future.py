@@ -1139,3 +1139,44 @@ print("UNREACHABLE", flush=True)
     rc, out, err = sigint_while_waiting(body, impl)
     assert "UNREACHABLE" not in out
     assert rc != 0 and "KeyboardInterrupt" in err, err
+
+
+def test_callbacks_added_concurrently_with_completion_run_once(future_cls):
+    # However add_done_callback() interleaves with set_result(), every
+    # callback runs exactly once.
+    for _ in range(20):
+        f = future_cls()
+        counts = [0] * 2000
+        go = threading.Barrier(5)
+
+        def adder(k):
+            go.wait()
+            for i in range(k, 2000, 4):
+                f.add_done_callback(
+                    lambda _, i=i: counts.__setitem__(i, counts[i] + 1))
+        ts = [threading.Thread(target=adder, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        go.wait()
+        f.set_result(None)
+        for t in ts:
+            t.join()
+        assert counts == [1] * 2000
+
+
+@pytest.mark.parametrize("how", ["result", "exception", "attribute"])
+def test_self_reference_cycles_are_collected(future_cls, how):
+    f = future_cls()
+    if how == "result":
+        f.set_result([f])
+    elif how == "exception":
+        e = ValueError()
+        e.fut = f
+        f.set_exception(e)
+        del e
+    else:
+        f.me = f
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    assert ref() is None

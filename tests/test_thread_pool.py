@@ -1092,7 +1092,7 @@ def test_subprocess_started_by_task_can_be_terminated(make_pool):
         try:
             p.terminate()
             try:
-                return p.wait(timeout=10)
+                return p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 return "ignored SIGTERM"
         finally:
@@ -1169,3 +1169,174 @@ def test_threading_trace_and_profile_hooks_reach_tasks(make_pool, hook):
     finally:
         getattr(threading, hook)(None)
     assert "traced_task_body" in seen
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, 10])
+def test_map_exception_does_not_stop_other_items(make_pool, chunksize):
+    # Every item is a task of its own: one raising does not keep the rest
+    # of its chunk from running (unlike the stdlib process pool's chunks).
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        if x == 2:
+            raise KeyError(x)
+        return x
+    ex = make_pool(max_workers=1)
+    it = ex.map(f, range(10), chunksize=chunksize)
+    ex.shutdown(wait=True)
+    assert sorted(calls) == list(range(10))
+    got = []
+    with pytest.raises(KeyError):
+        for v in it:
+            got.append(v)
+    assert got == [0, 1]
+
+
+def test_map_without_iterables(make_pool):
+    ex = make_pool(max_workers=1)
+    assert list(ex.map(abs)) == []
+
+
+def test_map_items_and_results_released(make_pool):
+    class Obj:
+        pass
+    ex = make_pool(max_workers=2)
+    args = [Obj() for _ in range(50)]
+    arg_refs = [weakref.ref(a) for a in args]
+    it = ex.map(lambda a: (a, Obj()), args, chunksize=7)
+    out = list(it)
+    res_refs = [weakref.ref(r) for _, r in out]
+    del args, out, it
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline and any(
+            r() is not None for r in arg_refs + res_refs):
+        gc.collect()
+        time.sleep(0.01)
+    assert all(r() is None for r in arg_refs), "map arguments leaked"
+    assert all(r() is None for r in res_refs), "map results leaked"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("what", ["result", "map", "wait"])
+def test_signal_handler_exception_interrupts_pool_waits(make_pool,
+                                                        make_event, what):
+    import signal
+    assert threading.current_thread() is threading.main_thread()
+    ex = make_pool(max_workers=2)
+    gate = make_event()
+    armed, handled, disarmed = (threading.Event() for _ in range(3))
+
+    def handler(signum, frame):
+        if armed.is_set() and not disarmed.is_set():
+            handled.set()
+            raise _Interrupt()
+
+    def helper():
+        armed.wait(T)
+        time.sleep(0.05)  # let the main thread enter the wait
+        main = threading.main_thread().ident
+        deadline = time.monotonic() + 10
+        while not handled.is_set() and time.monotonic() < deadline:
+            signal.pthread_kill(main, signal.SIGUSR1)
+            handled.wait(0.05)
+    old = signal.signal(signal.SIGUSR1, handler)
+    t = threading.Thread(target=helper)
+    try:
+        t.start()
+        with pytest.raises(_Interrupt):
+            if what == "result":
+                f = ex.submit(gate.wait, T)
+                armed.set()
+                f.result()
+            elif what == "map":
+                it = ex.map(gate.wait, [T] * 4, chunksize=2)
+                armed.set()
+                list(it)
+            else:
+                fs = [ex.submit(gate.wait, T) for _ in range(2)]
+                armed.set()
+                cf.wait(fs)
+    finally:
+        disarmed.set()
+        handled.set()
+        armed.set()
+        t.join()
+        signal.signal(signal.SIGUSR1, old)
+    gate.set()
+    assert ex.submit(add, 1).result(timeout=T) == 1
+
+
+# ------------------------------------------------------------- stress mix
+
+def test_one_at_a_time_round_trips(make_pool):
+    ex = make_pool(max_workers=1)
+    for i in range(5000):
+        assert ex.submit(add, i, 1).result(timeout=T) == i + 1
+
+
+def test_polling_with_tiny_timeouts_races_completion(make_pool):
+    ex = make_pool(max_workers=2)
+    for i in range(300):
+        f = ex.submit(time.sleep, 0.0005 * (i % 3))
+        deadline = time.monotonic() + T
+        while True:
+            try:
+                assert f.result(timeout=0.0001) is None
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        assert f.done() and not f.running()
+
+
+def test_concurrent_mixed_operations(make_pool):
+    ex = make_pool(max_workers=3)
+    errors = []
+
+    def client(seed):
+        rng = random.Random(seed)
+        try:
+            for n in range(800):
+                op = rng.randrange(5)
+                if op == 0:
+                    assert ex.submit(add, n, seed).result(timeout=T) == \
+                        n + seed
+                elif op == 1:
+                    f = ex.submit(add, n)
+                    if f.cancel():
+                        assert f.cancelled()
+                        with pytest.raises(cf.CancelledError):
+                            f.result(timeout=T)
+                    else:
+                        assert f.result(timeout=T) == n
+                elif op == 2:
+                    k = rng.randrange(0, 30)
+                    assert list(ex.map(operator.neg, range(k),
+                                       chunksize=rng.choice([1, 3, 8]))) == \
+                        [-i for i in range(k)]
+                elif op == 3:
+                    ev = threading.Event()
+                    box = []
+                    f = ex.submit(operator.mul, n, 2)
+                    f.add_done_callback(lambda fut: (box.append(
+                        fut.result()), ev.set()))
+                    assert ev.wait(T) and box == [2 * n]
+                else:
+                    fs = [ex.submit(add, i) for i in range(5)]
+                    done, not_done = cf.wait(
+                        fs, timeout=T, return_when=rng.choice(
+                            [cf.FIRST_COMPLETED, cf.ALL_COMPLETED]))
+                    assert done and all(f.done() for f in done)
+                    assert [f.result(timeout=T) for f in fs] == list(
+                        range(5))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=client, args=(s,)) for s in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors

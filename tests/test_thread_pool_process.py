@@ -253,7 +253,7 @@ if pid == 0:
     out = {}
     for name, f in (("running", running), ("queued", queued)):
         try:
-            out[name] = ["result", repr(f.result(timeout=10))]
+            out[name] = ["result", repr(f.result(timeout=5))]
         except BaseException as e:
             out[name] = [type(e).__name__,
                          [c.__name__ for c in type(e).__mro__], str(e)]
@@ -286,3 +286,105 @@ def test_fork_child_waiting_on_prefork_future_piston(pistonmod, run_script):
         kind, mro, msg = child[name]
         assert "PistonError" in mro, (name, child[name])
         assert "fork" in msg, (name, child[name])
+
+
+SUBMIT_FROM_TASK_AT_EXIT = r'''
+log = open(sys.argv[2], "w")
+ex = Pool(max_workers=2)
+
+def chain(i):
+    time.sleep(0.05)
+    try:
+        ex.submit(chain, i + 1)
+        log.write(f"{i} submitted\n")
+    except RuntimeError:
+        log.write(f"{i} RuntimeError\n")
+    log.flush()
+ex.submit(chain, 0)
+# Exit at once: the running task's own submit() meets interpreter exit.
+'''
+
+
+def test_task_submitting_during_exit_gets_runtime_error(impl, tmp_path,
+                                                        run_script):
+    log = tmp_path / "chain.txt"
+    p = run_script(SUBMIT_FROM_TASK_AT_EXIT, impl, log, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert log.read_text().splitlines() == ["0 RuntimeError"]
+
+
+def test_ctrl_c_while_shutdown_waits(impl, sigint_while_waiting):
+    body = r'''
+stop = threading.Event()
+try:
+    with Pool(max_workers=2) as ex:
+        ex.submit(stop.wait)
+        print("READY", flush=True)
+    print("UNREACHABLE", flush=True)
+finally:
+    stop.set()
+'''
+    rc, out, err = sigint_while_waiting(body, impl)
+    assert "UNREACHABLE" not in out
+    assert rc != 0 and "KeyboardInterrupt" in err, err
+
+
+FORK_WHILE_BUSY = r'''
+import warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+ex = Pool(max_workers=2)
+stop = threading.Event()
+
+def hammer():
+    while not stop.is_set():
+        fs = [ex.submit(int, "1") for _ in range(50)]
+        list(ex.map(abs, range(50), chunksize=3))
+        for f in fs:
+            f.result(timeout=30)
+hs = [threading.Thread(target=hammer) for _ in range(2)]
+for h in hs:
+    h.start()
+outcomes = []
+for i in range(10):
+    time.sleep(0.01)
+    pid = os.fork()
+    if pid == 0:
+        code = 6
+        try:
+            code = 0 if ex.submit(int, "7").result(timeout=5) == 7 else 4
+        except TimeoutError:
+            code = 1                    # hung: the worst outcome
+        except piston.PistonError:
+            code = 0                    # a clear piston error is fine
+        except BaseException:
+            code = 5
+        os._exit(code)
+    deadline = time.monotonic() + 15
+    while True:
+        r, status = os.waitpid(pid, os.WNOHANG)
+        if r:
+            outcomes.append(os.waitstatus_to_exitcode(status))
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            outcomes.append("hung")
+            break
+        time.sleep(0.01)
+stop.set()
+for h in hs:
+    h.join()
+ex.shutdown()
+print("OUTCOMES", outcomes, flush=True)
+'''
+
+
+def test_fork_while_queue_is_busy_piston(pistonmod, run_script):
+    """piston-only: fork() while other threads hammer the pool's queue (its
+    locks may be held at that instant); every child's submit still runs
+    or fails clearly, never hangs."""
+    p = run_script(FORK_WHILE_BUSY, "piston", timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "OUTCOMES [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in p.stdout, (
+        p.stdout + p.stderr)

@@ -1,7 +1,7 @@
 /* pn_workq: a mutex + condvar work queue with multi-unit nodes. */
 #include "core/pn_workq.h"
 #include "core/pn_fork.h"
-#include "core/pn_futex.h"
+#include "core/pn_spin.h"
 
 #include <errno.h>
 
@@ -115,19 +115,17 @@ pn_workq_looks_empty(pn_workq *q)
 pn_qnode *
 pn_workq_pop_spin(pn_workq *q, uint32_t *unit, int64_t spin_ns)
 {
-    int64_t stop = pn_monotonic_ns() + spin_ns;
-    for (unsigned i = 1;; i++) {
+    pn_spinner spin;
+    pn_spinner_init(&spin, spin_ns);
+    do {
         if (__atomic_load_n(&q->closing, __ATOMIC_RELAXED)) {
             return NULL;
         }
         if (__atomic_load_n(&q->head, __ATOMIC_RELAXED) != NULL) {
             return pn_workq_trypop(q, unit);
         }
-        pn_cpu_relax();
-        if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
-            return NULL;
-        }
-    }
+    } while (pn_spinner_step(&spin));
+    return NULL;
 }
 
 pn_qnode *

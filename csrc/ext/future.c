@@ -1,18 +1,22 @@
 /* piston.Future: a concurrent.futures.Future in C whose waiters sleep on a
  * futex without the GIL. */
 #include "ext/future.h"
-#include "core/pn_futex.h"
+#include "core/pn_spin.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <sched.h>
 #include <stddef.h>
 #include <unistd.h>
 
-/* How long result() spins (GIL released) before it sleeps on the futex: a
- * sleep/wake pair costs ~5 us, a task round trip on an idle pool less.
- * Chosen with `python -m piston bench thread` (one-at-a-time latency). */
+/* The most result() spins (GIL released) before it sleeps on the futex,
+ * learnt down from there (pn_spin_budget).  A sleep/wake pair costs 5-20 us
+ * on an idle VM's vCPU, a whole round trip ~3 us when both sides spin:
+ * `python -m piston bench thread` (one-at-a-time latency). */
 #define PN_SPIN_NS 20000
+
+/* Process-wide: the learnt budget is a property of the machine's load,
+ * not of any Python object (a C value, safe to share after fork). */
+static pn_spin_budget wait_budget = PN_SPIN_BUDGET_INIT(PN_SPIN_NS);
 
 #define IS_DONE(s) ((s) >= PN_FUT_CANCELLED)
 #define IS_CANCELLED(s) \
@@ -86,7 +90,7 @@ ncpus(void)
 int
 pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
              _Atomic uint32_t *sleepers, _Atomic uint32_t *spinners,
-             int64_t deadline_ns)
+             pn_spin_budget *budget, int64_t deadline_ns)
 {
     for (;;) {
         int r = 0;
@@ -97,22 +101,22 @@ pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
         if (spinners != NULL) {
             atomic_fetch_add_explicit(spinners, 1, memory_order_release);
         }
+        int64_t started = pn_monotonic_ns();
         if (ncpus() > 1) {
-            int64_t stop = pn_monotonic_ns() + PN_SPIN_NS;
-            if (deadline_ns != PN_FOREVER && deadline_ns < stop) {
-                stop = deadline_ns;
+            pn_spinner spin;
+            int64_t ns = pn_spin_budget_get(budget);
+            if (deadline_ns != PN_FOREVER) {
+                int64_t left = deadline_ns - pn_monotonic_ns();
+                ns = left < ns ? left : ns;
             }
-            for (unsigned i = 1;; i++) {
+            pn_spinner_init(&spin, ns);
+            do {
                 if (atomic_load_explicit(word, memory_order_acquire)
                     != seen) {
                     changed = 1;
                     break;
                 }
-                pn_cpu_relax();
-                if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
-                    break;
-                }
-            }
+            } while (pn_spinner_step(&spin));
         }
         if (!changed) {
             /* Pairs with the completer's seq_cst store of the word and load
@@ -121,6 +125,9 @@ pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
             atomic_fetch_add_explicit(sleepers, 1, memory_order_seq_cst);
             r = pn_futex_wait(word, seen, deadline_ns, 0);
             atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
+        }
+        if (r == 0) {
+            pn_spin_budget_learn(budget, pn_monotonic_ns() - started);
         }
         if (spinners != NULL) {
             atomic_fetch_sub_explicit(spinners, 1, memory_order_relaxed);
@@ -160,15 +167,11 @@ set_state(pn_future *f, uint32_t s)
 static void
 wait_published(pn_future *f)
 {
-    unsigned spins = 0;
+    pn_spinner spin;
+    pn_spinner_init(&spin, PN_FOREVER);
     /* Acquire pairs with the release store in pn_future_publish_staged. */
     while (atomic_load_explicit(&f->publishing, memory_order_acquire)) {
-        if (++spins < 1000) {
-            pn_cpu_relax();
-        }
-        else {
-            sched_yield();
-        }
+        pn_spinner_step(&spin);
     }
 }
 
@@ -541,7 +544,7 @@ wait_done(pn_future *f, PyObject *timeout)
     }
     while (!IS_DONE(s)) {
         int r = pn_wait_word(&f->state, s, &f->nsleepers, &f->nspinners,
-                             deadline);
+                             &wait_budget, deadline);
         if (r < 0) {
             return -1;
         }

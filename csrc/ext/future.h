@@ -4,6 +4,7 @@
 #define PN_FUTURE_H
 
 #include "ext/module.h"
+#include "core/pn_spin.h"
 #include "core/pn_workq.h"
 
 #include <stdatomic.h>
@@ -88,11 +89,12 @@ int pn_parse_timeout(PyObject *timeout, int64_t *deadline_ns);
 
 /* Sleeps with the GIL released until *word != seen, the deadline passes or
  * a signal arrives; *sleepers counts this thread while it sleeps and
- * *spinners (if not NULL) while it waits at all.  Returns 0
+ * *spinners (if not NULL) while it waits at all.  It spins for what
+ * `budget` allows and teaches it how long the wait took.  Returns 0
  * (woken or word changed), 1 on timeout, -1 with an exception set (a signal
  * handler raised).  Spins briefly before sleeping. */
 int pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
                  _Atomic uint32_t *sleepers, _Atomic uint32_t *spinners,
-                 int64_t deadline_ns);
+                 pn_spin_budget *budget, int64_t deadline_ns);
 
 #endif

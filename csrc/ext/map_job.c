@@ -7,6 +7,10 @@
 #include <limits.h>
 #include <stdatomic.h>
 
+/* How long next() spins for a pending item before it sleeps: learnt from
+ * the waits (pn_spin_budget), separately from result()'s. */
+static pn_spin_budget next_budget = PN_SPIN_BUDGET_INIT(20000);
+
 static inline uint8_t
 item_status(pn_mapjob *j, Py_ssize_t i)
 {
@@ -249,7 +253,7 @@ iter_next(pn_mapiter *it)
             continue;
         }
         int r = pn_wait_word(&j->seq, seen, &j->nsleepers, NULL,
-                             it->deadline);
+                             &next_budget, it->deadline);
         if (r < 0) {
             return NULL;        /* Ctrl-C: the iterator stays usable */
         }

@@ -3,22 +3,29 @@
 #include "ext/threadpool.h"
 #include "ext/future.h"
 #include "core/pn_fork.h"
-#include "core/pn_futex.h"
+#include "core/pn_spin.h"
 
 #include <errno.h>
-#include <signal.h>
+#include <limits.h>
 
 /* A worker that always finds more work keeps the GIL; every this many units
  * it lets a thread that asked for the GIL have it (C callables never reach
  * the eval loop's own switch check). */
 #define PN_YIELD_EVERY 64
 
-/* How long an idle worker spins for new work before it sleeps, and how
- * long a worker that found a task waits for the submitter to release the
- * GIL in result().  Chosen with `python -m piston bench thread` (one-at-a-
- * time latency): a sleep/wake pair costs more than either spin. */
-#define PN_WORKER_SPIN_NS 50000
+/* The most an idle worker spins for new work before it sleeps, and the
+ * most a worker that found a task waits for its submitter to release the
+ * GIL in result(); both are learnt down from there (pn_spin_budget), so a
+ * busy machine stops paying for spins.  A sleep/wake pair costs 5-20 us on
+ * an idle VM's vCPU: `python -m piston bench thread` (one-at-a-time
+ * latency) and tests' round trips next to busy processes chose them. */
+#define PN_WORKER_SPIN_NS 20000
 #define PN_GIL_HANDOFF_SPIN_NS 5000
+
+/* Process-wide, a C value: the handoff wait depends on the machine's
+ * load, not on a pool. */
+static pn_spin_budget handoff_budget =
+    PN_SPIN_BUDGET_INIT(PN_GIL_HANDOFF_SPIN_NS);
 
 typedef struct {
     PyObject_HEAD
@@ -117,7 +124,7 @@ core_after_fork(pn_tpcore *core)
         PyErr_WriteUnraisable(NULL);
         return;
     }
-    for (unsigned i = 0; i < core->max_workers; i++) {
+    for (Py_ssize_t i = 0; i < core->nslots; i++) {
         pn_worker_slot *s = &core->slots[i];
         if (s->in_use && s->node != NULL) {
             end_node(core, s->node, s->unit, s->unit + 1, msg);
@@ -138,21 +145,6 @@ check_fork(pn_tpcore *core)
 }
 
 /* ---- the worker ---------------------------------------------------------- */
-
-/* Asynchronous signals go to the main thread, whose waits they interrupt
- * (Ctrl-C); faults stay with the thread that caused them. */
-static void
-block_async_signals(void)
-{
-    static const int sync_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL,
-                                       SIGTRAP, SIGSYS, SIGABRT};
-    sigset_t set;
-    sigfillset(&set);
-    for (size_t i = 0; i < sizeof(sync_signals) / sizeof(int); i++) {
-        sigdelset(&set, sync_signals[i]);
-    }
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-}
 
 static void
 log_critical(pn_state *st, const char *msg, PyObject *exc)
@@ -237,51 +229,83 @@ static void
 await_gil_handoff(pn_qnode *node)
 {
     pn_future *f;
-    int64_t stop;
+    pn_spinner spin;
     if (node->kind != PN_NODE_TASK) {
         return;
     }
     f = PN_CONTAINER_OF(node, pn_future, qnode);
-    stop = pn_monotonic_ns() + PN_GIL_HANDOFF_SPIN_NS;
-    for (unsigned i = 1;; i++) {
+    int64_t started = pn_monotonic_ns();
+    pn_spinner_init(&spin, pn_spin_budget_get(&handoff_budget));
+    do {
         /* Pairs with the release increment in pn_wait_word. */
         if (atomic_load_explicit(&f->nspinners, memory_order_acquire) > 0) {
+            pn_spin_budget_learn(&handoff_budget,
+                                 pn_monotonic_ns() - started);
             return;
         }
-        pn_cpu_relax();
-        if ((i & 63) == 0 && pn_monotonic_ns() >= stop) {
+        /* A future with a callback or hook (asyncio.wrap_future) is not
+         * waited on with result(): no handoff will come.  A racy read of a
+         * pointer the GIL holder sets; a stale NULL only costs the spin. */
+        if (__atomic_load_n(&f->callbacks, __ATOMIC_RELAXED) != NULL
+            || __atomic_load_n(&f->hook, __ATOMIC_RELAXED) != NULL) {
             return;
         }
-    }
+    } while (pn_spinner_step(&spin));
+    /* Never came: spinning was wasted. */
+    pn_spin_budget_learn(&handoff_budget, INT64_MAX);
 }
 
-static int
+/* A slot for a starting worker (GIL held): an index, since the array
+ * grows; -1 only when memory runs out (the worker then runs untracked). */
+static Py_ssize_t
 claim_slot(pn_tpcore *core)
 {
-    for (unsigned i = 0; i < core->max_workers; i++) {
+    Py_ssize_t i, n;
+    pn_worker_slot *grown;
+    for (i = 0; i < core->nslots; i++) {
         if (!core->slots[i].in_use) {
-            core->slots[i].in_use = 1;
-            core->slots[i].node = NULL;
-            return (int)i;
+            break;
         }
     }
-    return -1;
+    if (i == core->nslots) {
+        n = core->nslots ? core->nslots * 2 : 4;
+        grown = PyMem_Realloc(core->slots, (size_t)n * sizeof(*grown));
+        if (grown == NULL) {
+            return -1;
+        }
+        for (Py_ssize_t k = core->nslots; k < n; k++) {
+            grown[k].in_use = 0;
+            grown[k].node = NULL;
+        }
+        core->slots = grown;
+        core->nslots = n;
+    }
+    core->slots[i].in_use = 1;
+    core->slots[i].node = NULL;
+    return i;
+}
+
+/* Records what the worker in slot `idx` runs (GIL held). */
+static inline void
+slot_set(pn_tpcore *core, Py_ssize_t idx, pn_qnode *node, uint32_t unit)
+{
+    if (idx >= 0) {
+        core->slots[idx].node = node;
+        core->slots[idx].unit = unit;
+    }
 }
 
 static PyObject *
 core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
 {
-    pn_worker_slot *slot;
     unsigned ran = 0;
-    int idx;
+    Py_ssize_t idx;
 
     if (!core->q_ready) {
         PyErr_SetString(PyExc_RuntimeError, "thread pool not configured");
         return NULL;
     }
     idx = claim_slot(core);
-    slot = idx >= 0 ? &core->slots[idx] : NULL;
-    block_async_signals();
     if (core->initializer != NULL) {
         PyObject *r = PyObject_Call(core->initializer, core->initargs, NULL);
         if (r == NULL) {
@@ -290,8 +314,8 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
             Py_DECREF(exc);
             core_break(core);
             pn_workq_thread_exit(&core->q);
-            if (slot) {
-                slot->in_use = 0;
+            if (idx >= 0) {
+                core->slots[idx].in_use = 0;
             }
             Py_RETURN_NONE;
         }
@@ -299,6 +323,7 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
     }
     pn_future *staged = NULL;
     int exiting = 0, spun = 0;
+    int64_t idle_since = 0;
     for (;;) {
         uint32_t unit;
         pn_qnode *node = NULL;
@@ -311,8 +336,12 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
             if (staged != NULL) {
                 pn_future_publish_staged(staged);
             }
-            node = pn_workq_pop_spin(&core->q, &unit,
-                                     spun ? 0 : PN_WORKER_SPIN_NS);
+            if (!spun) {
+                idle_since = pn_monotonic_ns();
+            }
+            node = pn_workq_pop_spin(
+                &core->q, &unit,
+                spun ? 0 : pn_spin_budget_get(&core->idle_budget));
             spun = 0;
             /* Going to sleep: a staged future must not stay referenced by
              * an idle worker, so its reference is dropped (GIL) first. */
@@ -323,13 +352,13 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
                 }
             }
             if (node != NULL) {
+                pn_spin_budget_learn(&core->idle_budget,
+                                     pn_monotonic_ns() - idle_since);
                 await_gil_handoff(node);
             }
             Py_END_ALLOW_THREADS
             Py_CLEAR(staged);   /* the queue's reference */
-            if (slot) {
-                slot->node = NULL;
-            }
+            slot_set(core, idx, NULL, 0);
             if (exiting) {
                 break;          /* closing and drained: our slot is freed */
             }
@@ -343,10 +372,7 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
             Py_BEGIN_ALLOW_THREADS
             Py_END_ALLOW_THREADS
         }
-        if (slot) {
-            slot->node = node;
-            slot->unit = unit;
-        }
+        slot_set(core, idx, node, unit);
         if (node->kind == PN_NODE_MAP) {
             pn_mapjob_run_chunk(PN_CONTAINER_OF(node, pn_mapjob, qnode),
                                 unit);
@@ -357,13 +383,13 @@ core_worker_main(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
                               PN_CONTAINER_OF(node, pn_future, qnode),
                               pn_workq_looks_empty(&core->q));
         }
-        if (slot && staged == NULL) {
-            slot->node = NULL;  /* a staged task keeps it until published */
+        if (staged == NULL) {
+            slot_set(core, idx, NULL, 0);   /* staged: kept until published */
         }
         pn_workq_unit_done(&core->q);
     }
-    if (slot) {
-        slot->in_use = 0;
+    if (idx >= 0) {
+        core->slots[idx].in_use = 0;
     }
     Py_RETURN_NONE;
 }
@@ -415,7 +441,17 @@ core_dealloc(pn_tpcore *core)
     Py_DECREF(tp);
 }
 
+static PyObject *
+core_check_fork(pn_tpcore *core, PyObject *Py_UNUSED(ignored))
+{
+    check_fork(core);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
+    {"check_fork", (PyCFunction)core_check_fork, METH_NOARGS,
+     "In a child after fork(): fail the parent's work now, so nothing in "
+     "the child waits for it."},
     {"worker_main", (PyCFunction)core_worker_main, METH_NOARGS,
      "Body of a worker thread: run queued work until the pool closes."},
     {"close", (PyCFunction)core_close, METH_NOARGS,
@@ -643,9 +679,10 @@ tp_configure(pn_tpexec *self, PyObject *args)
 {
     pn_tpcore *core = self->core;
     PyObject *initializer, *initargs;
-    int max_workers, r;
+    Py_ssize_t max_workers;
+    int r;
 
-    if (!PyArg_ParseTuple(args, "iOO!:_configure", &max_workers, &initializer,
+    if (!PyArg_ParseTuple(args, "nOO!:_configure", &max_workers, &initializer,
                           &PyTuple_Type, &initargs)) {
         return NULL;
     }
@@ -657,14 +694,16 @@ tp_configure(pn_tpexec *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "max_workers must be greater than 0");
         return NULL;
     }
-    core->slots = PyMem_Calloc((size_t)max_workers, sizeof(pn_worker_slot));
-    if (core->slots == NULL) {
-        return PyErr_NoMemory();
-    }
-    if ((r = pn_workq_init(&core->q, (unsigned)max_workers)) < 0) {
+    /* Threads start lazily, so a huge cap is legal (as in the stdlib); the
+     * queue counts threads in an unsigned. */
+    r = pn_workq_init(&core->q, max_workers > (Py_ssize_t)UINT_MAX
+                                    ? UINT_MAX : (unsigned)max_workers);
+    if (r < 0) {
         return pn_raise_errno(-r);
     }
-    core->max_workers = (unsigned)max_workers;
+    core->max_workers = max_workers;
+    core->idle_budget.ns = PN_WORKER_SPIN_NS;
+    core->idle_budget.max_ns = PN_WORKER_SPIN_NS;
     core->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
     core->initargs = Py_NewRef(initargs);
     core->q_ready = 1;
@@ -749,6 +788,7 @@ tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     core->max_workers = 0;
     core->broken = core->initializer = core->initargs = NULL;
     core->slots = NULL;
+    core->nslots = 0;
     PyObject_GC_Track(core);
     return (PyObject *)self;
 }

@@ -4,6 +4,7 @@
 #define PN_THREADPOOL_H
 
 #include "ext/module.h"
+#include "core/pn_spin.h"
 #include "core/pn_workq.h"
 
 #include <stdint.h>
@@ -29,11 +30,13 @@ typedef struct pn_tpcore {
     pn_workq q;
     int q_ready;
     int shutdown;                   /* no new work accepted */
-    unsigned max_workers;
+    Py_ssize_t max_workers;
     PyObject *broken;               /* NULL, or why the pool is broken */
     PyObject *initializer;
     PyObject *initargs;
-    pn_worker_slot *slots;          /* max_workers of them */
+    pn_spin_budget idle_budget;     /* how long idle workers spin */
+    pn_worker_slot *slots;          /* grown as workers start */
+    Py_ssize_t nslots;
 } pn_tpcore;
 
 /* Item states of a map job. */

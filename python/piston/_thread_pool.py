@@ -27,8 +27,14 @@ threading._register_atexit(_python_exit)
 
 
 def _after_fork_in_child():
-    # The parent's workers do not exist here; the C core notices the fork
-    # itself and starts fresh threads on the next submit.
+    # The parent's workers do not exist here.  Each core fails the work they
+    # had queued or running now (it runs in the parent), so a child waiting
+    # on such a future gets an error instead of a hang, and starts fresh
+    # threads on its next submit.
+    cores = {id(ex._core): ex._core for ex in list(_live_executors)}
+    cores.update((id(c), c) for c in list(_worker_threads.values()))
+    for core in cores.values():
+        core.check_fork()
     for executor in list(_live_executors):
         executor._threads.clear()
     _worker_threads.clear()
@@ -53,6 +59,13 @@ class ThreadPoolExecutor(_piston.ThreadPool, _cf_thread.ThreadPoolExecutor):
     """
 
     _counter = itertools.count().__next__
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A subclass that overrides submit() expects map() to go through it,
+        # as concurrent.futures.Executor.map does; the C map() does not.
+        if "submit" in cls.__dict__ and "map" not in cls.__dict__:
+            cls.map = _cf_thread.ThreadPoolExecutor.map
 
     def __init__(self, max_workers=None, thread_name_prefix="",
                  initializer=None, initargs=()):

@@ -52,7 +52,7 @@ typedef struct pn_test_case {
 
 /* Seconds after which a case is killed by SIGALRM: a hang is a failure. */
 #ifndef PN_TEST_TIMEOUT
-#define PN_TEST_TIMEOUT 30
+#define PN_TEST_TIMEOUT 20
 #endif
 
 static int

@@ -6,6 +6,7 @@
 #   PISTON_C_VARIANTS=plain bash tests/c/run.sh
 #   PISTON_C_BUILD=/tmp/x bash tests/c/run.sh   # where binaries go
 #   PISTON_C_CFLAGS="-DFOO" bash tests/c/run.sh  # extra compiler flags
+#   PISTON_C_VERBOSE=1 bash tests/c/run.sh       # a line per passing case
 #
 # Closes with one plain line: "c-tests: N passed, M failed".
 set -uo pipefail
@@ -14,7 +15,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${PISTON_C_BUILD:-$ROOT/.venv-ci/c-build}
 VARIANTS=${PISTON_C_VARIANTS:-plain asan}
 CC=${CC:-gcc}
-CASE_TIMEOUT=${PISTON_C_CASE_TIMEOUT:-60}
+CASE_TIMEOUT=${PISTON_C_CASE_TIMEOUT:-30}
+VERBOSE=${PISTON_C_VERBOSE:-0}
+
+elapsed() {
+    awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}'
+}
 
 # The engine is compiled as setup.py compiles it (gnu11, _GNU_SOURCE), with
 # warnings as errors.
@@ -104,22 +110,32 @@ for variant in $VARIANTS; do
             failed_names+=("$variant/$name (--list)")
             continue
         fi
+        file_ok=0
+        file_failed=0
+        file_start=$(date +%s.%N)
         for c in $cases; do
             log="$out/$name.$c.log"
             start=$(date +%s.%N)
             timeout -k 5 "$CASE_TIMEOUT" "$bin" "$c" >"$log" 2>&1
             rc=$?
-            secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}')
+            secs=$(elapsed "$start")
             if [ $rc -eq 0 ]; then
                 passed=$((passed + 1))
-                printf '   ok    %-8s %-14s %-40s %6ss\n' "$variant" "$name" "$c" "$secs"
+                file_ok=$((file_ok + 1))
+                if [ "$VERBOSE" = 1 ]; then
+                    printf '   ok    %-6s %-14s %-42s %6ss\n' "$variant" "$name" "$c" "$secs"
+                fi
             else
                 failed=$((failed + 1))
+                file_failed=$((file_failed + 1))
                 failed_names+=("$variant/$name/$c")
-                printf '   FAIL  %-8s %-14s %-40s %6ss  (exit %d)\n' "$variant" "$name" "$c" "$secs" "$rc"
+                printf '   FAIL  %-6s %-14s %-42s %6ss  (exit %d)\n' "$variant" "$name" "$c" "$secs" "$rc"
                 sed 's/^/      | /' "$log" | head -60
             fi
         done
+        printf '   %-5s %-6s %-14s %3d/%d cases ok %8ss\n' \
+            "$([ "$file_failed" = 0 ] && echo ok || echo FAIL)" "$variant" \
+            "$name" "$file_ok" "$((file_ok + file_failed))" "$(elapsed "$file_start")"
     done
 done
 

@@ -481,6 +481,116 @@ PN_TEST(after_fork_with_lock_held)
     pn_workq_destroy(&q);
 }
 
+PN_TEST(looks_empty_follows_the_head)
+{
+    pn_workq q;
+    pn_qnode n;
+    uint32_t unit;
+    int start;
+    PN_CHECK_EQ(pn_workq_init(&q, 2), 0);
+    PN_CHECK(pn_workq_looks_empty(&q));
+    PN_CHECK_EQ(pn_workq_push(&q, &n, 2, &start), 0);
+    PN_CHECK(!pn_workq_looks_empty(&q));
+    PN_CHECK(pn_workq_trypop(&q, &unit) == &n);
+    PN_CHECK(!pn_workq_looks_empty(&q)); /* one unit left */
+    PN_CHECK(pn_workq_trypop(&q, &unit) == &n);
+    PN_CHECK(pn_workq_looks_empty(&q));
+    pn_workq_destroy(&q);
+}
+
+PN_TEST(pop_spin_takes_queued_work)
+{
+    pn_workq q;
+    pn_qnode n;
+    uint32_t unit = 99;
+    int start;
+    PN_CHECK_EQ(pn_workq_init(&q, 2), 0);
+    PN_CHECK_EQ(pn_workq_push(&q, &n, 2, &start), 0);
+    PN_CHECK(pn_workq_pop_spin(&q, &unit, 0) == &n);
+    PN_CHECK_EQ(unit, 0);
+    PN_CHECK(pn_workq_pop_spin(&q, &unit, 1000 * MS) == &n);
+    PN_CHECK_EQ(unit, 1);
+    check_counts(&q, 0, 2, 1, 0);
+    pn_workq_destroy(&q);
+}
+
+/* An empty queue: no budget returns at once, a budget is spent (and not
+ * much more), and nothing is claimed or counted. */
+PN_TEST(pop_spin_empty_returns_null_after_budget)
+{
+    pn_workq q;
+    uint32_t unit;
+    PN_CHECK_EQ(pn_workq_init(&q, 2), 0);
+    int64_t t0 = pn_monotonic_ns();
+    PN_CHECK(pn_workq_pop_spin(&q, &unit, 0) == NULL);
+    PN_CHECK(pn_workq_pop_spin(&q, &unit, -5) == NULL);
+    PN_CHECK(pn_monotonic_ns() - t0 < 500 * MS);
+    t0 = pn_monotonic_ns();
+    PN_CHECK(pn_workq_pop_spin(&q, &unit, 20 * MS) == NULL);
+    int64_t spent = pn_monotonic_ns() - t0;
+    PN_CHECK(spent >= 20 * MS);
+    PN_CHECK(spent < 5000 * MS);
+    check_counts(&q, 0, 0, 0, 0);
+    pn_workq_destroy(&q);
+}
+
+/* Closing ends a spin at once, even with work still queued (the caller
+ * then goes to pop_wait, which hands out what is left). */
+PN_TEST(pop_spin_stops_when_closing)
+{
+    pn_workq q;
+    pn_qnode n;
+    uint32_t unit;
+    int start;
+    PN_CHECK_EQ(pn_workq_init(&q, 2), 0);
+    PN_CHECK_EQ(pn_workq_push(&q, &n, 1, &start), 0);
+    pn_workq_close(&q);
+    int64_t t0 = pn_monotonic_ns();
+    PN_CHECK(pn_workq_pop_spin(&q, &unit, PN_FOREVER) == NULL);
+    PN_CHECK(pn_monotonic_ns() - t0 < 1000 * MS);
+    PN_CHECK(pn_workq_pop_wait(&q, &unit) == &n);
+    pn_workq_unit_done(&q);
+    PN_CHECK(pn_workq_pop_wait(&q, &unit) == NULL);
+    check_counts(&q, 0, 0, 0, 0);
+    pn_workq_destroy(&q);
+}
+
+typedef struct spinner_arg {
+    pn_workq *q;
+    pn_qnode *got;
+    int64_t budget;
+} spinner_arg;
+
+static void *
+spinner_main(void *arg)
+{
+    spinner_arg *a = arg;
+    uint32_t unit;
+    a->got = pn_workq_pop_spin(a->q, &unit, a->budget);
+    return NULL;
+}
+
+/* Work pushed by another thread while a worker spins is picked up by the
+ * spin itself, with no condvar signal (the spinner is not idle). */
+PN_TEST(pop_spin_sees_work_pushed_meanwhile)
+{
+    pn_workq q;
+    pn_qnode n;
+    int start;
+    PN_CHECK_EQ(pn_workq_init(&q, 2), 0);
+    spinner_arg a = {.q = &q, .budget = 10000 * MS};
+    pthread_t t;
+    int64_t t0 = pn_monotonic_ns();
+    PN_CHECK_EQ(pthread_create(&t, NULL, spinner_main, &a), 0);
+    sleep_ms(20);
+    check_counts(&q, 0, 0, 0, 0); /* spinning is not idle */
+    PN_CHECK_EQ(pn_workq_push(&q, &n, 1, &start), 0);
+    PN_CHECK_EQ(pthread_join(t, NULL), 0);
+    PN_CHECK(a.got == &n);
+    PN_CHECK(pn_monotonic_ns() - t0 < 9000 * MS);
+    pn_workq_destroy(&q);
+}
+
 static const pn_test_case cases[] = {
     PN_CASE(init_empty_destroy),
     PN_CASE(fifo_single_units),
@@ -494,6 +604,11 @@ static const pn_test_case cases[] = {
     PN_CASE(close_wakes_idle_workers),
     PN_CASE(stress_mpmc_every_unit_once),
     PN_CASE(after_fork_with_lock_held),
+    PN_CASE(looks_empty_follows_the_head),
+    PN_CASE(pop_spin_takes_queued_work),
+    PN_CASE(pop_spin_empty_returns_null_after_budget),
+    PN_CASE(pop_spin_stops_when_closing),
+    PN_CASE(pop_spin_sees_work_pushed_meanwhile),
     {NULL, NULL},
 };
 

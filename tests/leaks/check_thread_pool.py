@@ -17,10 +17,16 @@ halves of that rise are real (first third -> middle third -> last third):
 a one-off step, such as a cache filling up, is not a leak; steady growth
 round after round is.
 
+The suite loop then runs the piston half of tests/test_thread_pool.py and
+tests/test_future.py with pytest.main() again and again in one process and
+applies the same rule with limits wide enough for pytest's own growth.
+
   python check_thread_pool.py                 every check, each in its own
-                                              subprocess; exit 1 on any leak
+                                              subprocess, then the suite loop
+                                              (below); exit 1 on any leak
   python check_thread_pool.py --check map     one check in this process
   python check_thread_pool.py --impl stdlib   the same against the stdlib
+  python check_thread_pool.py --no-suite      the checks only
   python check_thread_pool.py --self-test     proves the checker can fail:
         injects a leak of each kind (objects, RSS, fds, threads) into a
         stdlib workload and requires it to be reported, and requires the
@@ -545,13 +551,12 @@ def run_check(name, impl, warmup, rounds, leak, thresholds, quiet=False):
         print(f"{name} [{impl.__name__}, leak={leak}] {warmup} warm-up + "
               f"{rounds} rounds in {elapsed:.1f}s")
         for m in thresholds:
-            row = " ".join(fmt(m, v) for v in series[m])
             early, mid, late, growth, bad = verdict[m]
-            print(f"  {m:8} {row}")
-            print(f"  {'':8} thirds {fmt(m, early)} -> {fmt(m, mid)} -> "
-                  f"{fmt(m, late)}, growth {fmt(m, growth)} "
-                  f"(limit {fmt(m, thresholds[m])}): "
-                  f"{'KEEPS GROWING' if bad else 'ok'}")
+            row = " ".join(fmt(m, v) for v in series[m])
+            print(f"  {m:7} {'KEEPS GROWING' if bad else 'ok':13} thirds "
+                  f"{fmt(m, early)} -> {fmt(m, mid)} -> {fmt(m, late)} "
+                  f"(growth {fmt(m, growth)}, limit {fmt(m, thresholds[m])})"
+                  f"  rounds: {row}")
     return leaking, series
 
 
@@ -629,6 +634,128 @@ def self_test(warmup, rounds, timeout):
     return 0 if not failures else 1
 
 
+# --- the suite's own thread-pool tests in a loop ---------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+SUITE_FILES = ["tests/test_thread_pool.py", "tests/test_future.py"]
+# pytest keeps ~100-200 blocks and some RSS per session of these files by
+# itself, so the limits here are wide: this loop catches leaks per task or
+# per test (hundreds of tests, thousands of tasks a round); the workloads
+# above catch the small ones.  --suite-baseline also runs the stdlib half
+# and judges piston by its growth beyond the stdlib's (slow: the stdlib
+# tests sleep a lot, ~30 s a round).
+SUITE_THRESHOLDS = {
+    "blocks": 2000,
+    "rss": 16 * 1024 * 1024,
+    "fds": 2,
+    "threads": 3,
+}
+
+
+class _Outcomes:
+    """pytest plugin: counts outcomes of one session."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or report.outcome != "passed":
+            self.counts[report.outcome] = self.counts.get(report.outcome,
+                                                         0) + 1
+
+
+def suite_loop(impl, warmup, rounds, log_path):
+    """Runs the stdlib- or piston-parametrized half of the thread-pool and
+    Future tests `warmup + rounds` times in this process, measuring after
+    each round; prints one JSON line with the series."""
+    import pytest
+    os.chdir(ROOT)
+    select = "stdlib and not piston" if impl == "stdlib" else \
+        "piston and not stdlib"
+    args = SUITE_FILES + ["-q", "-p", "no:cacheprovider", "-k", select,
+                          "--tb=short", "-o", "faulthandler_timeout=300"]
+    series = {m: array.array("q", [0] * rounds) for m in METRICS}
+    info = []
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "a") as log:
+        for i in range(warmup + rounds):
+            outcomes = _Outcomes()
+            t0 = time.monotonic()
+            # pytest's report goes to the log: only the numbers are shown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                rc = pytest.main(args, plugins=[outcomes])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+            settle()
+            if i >= warmup:
+                measure(series, i - warmup)
+            info.append((int(rc), round(time.monotonic() - t0, 1),
+                         dict(outcomes.counts)))
+    print(json.dumps({"impl": impl, "rounds": info,
+                      "series": {m: list(v) for m, v in series.items()}}))
+    return 0
+
+
+def suite_check(warmup, rounds, timeout, log_dir, baseline=False):
+    """The suite's thread-pool and Future tests (their piston half) in a
+    loop in one process, which fails if it keeps growing; with `baseline`
+    the stdlib half runs too and piston is judged by the growth beyond it."""
+    runs = {}
+    for impl in (("stdlib", "piston") if baseline else ("piston",)):
+        log = os.path.join(log_dir, f"leaks-suite-{impl}.log")
+        rc, out = _spawn(["--suite-loop", impl, "--warmup", str(warmup),
+                          "--rounds", str(rounds), "--suite-log", log],
+                         timeout)
+        try:
+            runs[impl] = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            sys.stdout.write(out)
+            print(f"-> suite_loop: ERROR: the {impl} loop crashed (exit {rc});"
+                  f" pytest's output: {log}\n")
+            return 1
+        done = runs[impl]["rounds"]
+        print(f"suite_loop [{impl}]: pytest {' '.join(SUITE_FILES)} -k "
+              f"{impl}, {warmup} warm-up + {rounds} rounds in "
+              f"{sum(r[1] for r in done):.0f}s; per round: "
+              f"{done[-1][2]} (pytest output: {log})")
+        codes = sorted({r[0] for r in done})
+        if codes != [0]:
+            # Failing tests are the pytest jobs' business; a loop that
+            # could not run them measures nothing.
+            print(f"  pytest exit codes {codes}: see {log}")
+            if set(codes) - {0, 1}:
+                print("-> suite_loop: ERROR\n")
+                return 1
+    pis = judge(runs["piston"]["series"], SUITE_THRESHOLDS)
+    std = judge(runs["stdlib"]["series"], SUITE_THRESHOLDS) if baseline \
+        else None
+    leaking = []
+    for m, thr in SUITE_THRESHOLDS.items():
+        early, mid, late, growth, bad = pis[m]
+        if baseline:
+            extra = growth - max(std[m][3], 0)
+            bad = extra > thr and early < mid < late
+            base = f", stdlib {fmt(m, std[m][3])}, beyond it {fmt(m, extra)}"
+        else:
+            base = ""
+        if bad:
+            leaking.append(m)
+        print(f"  {m:7} {'KEEPS GROWING' if bad else 'ok':13} thirds "
+              f"{fmt(m, early)} -> {fmt(m, mid)} -> {fmt(m, late)} (growth "
+              f"{fmt(m, growth)}{base}, limit {fmt(m, thr)})  rounds: "
+              + " ".join(fmt(m, v) for v in runs["piston"]["series"][m]))
+    print(f"-> suite_loop: {'LEAK' if leaking else 'ok'}\n", flush=True)
+    return 1 if leaking else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", choices=sorted(CHECKS),
@@ -645,6 +772,16 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=300,
                     help="seconds per subprocess")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--suite-loop", choices=["piston", "stdlib"],
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--suite-log", default=os.devnull,
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--no-suite", action="store_true",
+                    help="skip the loop over the suite's own tests")
+    ap.add_argument("--suite-baseline", action="store_true",
+                    help="also loop the stdlib half of the suite (slow)")
+    ap.add_argument("--log-dir", default=".",
+                    help="where the suite loop's pytest output goes")
     args = ap.parse_args(argv)
     if args.rounds < 6:
         ap.error("--rounds must be at least 6 to compare thirds")
@@ -653,9 +790,17 @@ def main(argv=None):
         return 0
     if args.self_test:
         return self_test(args.warmup, args.rounds, args.timeout)
+    if args.suite_loop:
+        return suite_loop(args.suite_loop, args.warmup, args.rounds,
+                          args.suite_log)
     if args.check is None:
-        return drive(list(CHECKS), args.impl, args.warmup, args.rounds,
-                     args.timeout)
+        rc = drive(list(CHECKS), args.impl, args.warmup, args.rounds,
+                   args.timeout)
+        if not args.no_suite and args.impl == "piston":
+            print()
+            rc |= suite_check(1, 6, args.timeout * 3, args.log_dir,
+                              args.suite_baseline)
+        return rc
     leaking, series = run_check(args.check, _impl(args.impl), args.warmup,
                                 args.rounds, args.inject, THRESHOLDS)
     if leaking:
