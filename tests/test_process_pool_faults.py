@@ -187,6 +187,19 @@ def test_worker_death_reports_cause(pool, fn, args, needle):
     assert ex.submit(square, 5).result(timeout=30) == 25
 
 
+def test_fork_server_killed_breaks_pool_clearly(pool):
+    ex = pool(2)
+    assert ex.submit(square, 3).result(timeout=30) == 9
+    running = ex.submit(sleep_and_pid, 10)
+    time.sleep(0.2)
+    os.kill(ex._server.pid, signal.SIGKILL)
+    with pytest.raises(piston.BrokenProcessPool) as info:
+        running.result(timeout=30)
+    assert "replacement" not in str(info.value)
+    with pytest.raises(piston.BrokenProcessPool, match="fork server"):
+        ex.submit(square, 2)
+
+
 def test_repeated_crashes_heal(pool):
     ex = pool(2)
     for _ in range(5):

@@ -1182,8 +1182,9 @@ handle_exit(pool *p, uint32_t k, int wstatus)
         else {
             fail_task(p, t, p->st->WorkerCrashedError,
                       "worker process %d died while running the task "
-                      "(%s); the pool started a replacement",
-                      (int)w->pid, why);
+                      "(%s)%s", (int)w->pid, why,
+                      p->broken || p->shutting_down
+                          ? "" : "; the pool started a replacement");
         }
     }
     lock_mu(p);
@@ -1366,6 +1367,18 @@ check_workers_locked(pool *p, int heartbeat, int *events)
 static void
 collector_round(pool *p)
 {
+    /* First, so the deaths it causes are reported as such. */
+    if (p->server_pidfd >= 0 && !p->broken && !p->shutting_down
+        && pn_pidfd_exited(p->server_pidfd) == 1) {
+        PyObject *reason = PyUnicode_FromString(
+            "the pool's fork server process died; the pool is not usable "
+            "anymore");
+        if (reason) {
+            break_pool(p, reason);
+            Py_DECREF(reason);
+        }
+        PyErr_Clear();
+    }
     for (uint32_t k = 0; k < p->nworkers; k++) {
         worker *w = &p->w[k];
         if (w->state == W_FREE) {
@@ -1396,17 +1409,6 @@ collector_round(pool *p)
         if (dead) {
             handle_exit(p, k, wstatus);
         }
-    }
-    if (p->server_pidfd >= 0 && !p->broken && !p->shutting_down
-        && pn_pidfd_exited(p->server_pidfd) == 1) {
-        PyObject *reason = PyUnicode_FromString(
-            "the pool's fork server process died; the pool is not usable "
-            "anymore");
-        if (reason) {
-            break_pool(p, reason);
-            Py_DECREF(reason);
-        }
-        PyErr_Clear();
     }
     if (maybe_start_workers(p) < 0) {
         PyErr_WriteUnraisable((PyObject *)p);
