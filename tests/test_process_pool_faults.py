@@ -486,6 +486,7 @@ def test_soak_flat_rss_and_fds(pool):
     batch = 10_000
     rss = []
     fds = []
+    blocks = []
     for i in range(0, n, batch):
         fs = [ex.submit(square, j) for j in range(batch)]
         assert fs[-1].result(timeout=120) == (batch - 1) ** 2
@@ -494,7 +495,11 @@ def test_soak_flat_rss_and_fds(pool):
         del fs
         rss.append(rss_kib())
         fds.append(fd_count())
+        blocks.append(sys.getallocatedblocks())
     assert max(fds) == min(fds[1:] or fds)
+    # No Python objects leak per task (a leak of one object per task would
+    # be 10k blocks per batch).
+    assert blocks[-1] - blocks[1] < 2000, blocks
     # Flat: the second half grows by less than 16 MiB over the first.
     half = len(rss) // 2
     assert max(rss[half:]) - max(rss[:half]) < 16 * 1024, rss
