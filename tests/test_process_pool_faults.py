@@ -468,6 +468,25 @@ def test_numpy_arrays_checksums(pool, mib):
     assert np.array_equal(c, a[::2])
 
 
+def test_too_big_for_the_arenas(pool):
+    np = pytest.importorskip("numpy")
+    ex = pool(1, arena_size=1 << 20, result_arena_size=1 << 20)
+    with pytest.raises(ValueError, match="arena"):
+        ex.submit(checksum, np.ones(2 << 20, dtype=np.uint8))
+    with pytest.raises(piston.PistonError, match="result arena"):
+        ex.submit(make_array, 2 << 20, 1).result(timeout=30)
+    a = make_array(256 << 10, 3)
+    assert ex.submit(checksum, a).result(timeout=30) == checksum(a)
+
+
+def test_arena_fragmented_by_mixed_sizes(pool):
+    np = pytest.importorskip("numpy")
+    ex = pool(1, arena_size=8 << 20)
+    for mib in (1, 2, 3, 5, 6, 1, 6, 4):
+        a = np.ones(mib << 20, dtype=np.uint8)
+        assert ex.submit(len, a).result(timeout=30) == a.nbytes
+
+
 def test_arena_reused_over_many_big_tasks(pool):
     np = pytest.importorskip("numpy")
     ex = pool(2)

@@ -347,6 +347,24 @@ dumps5(PyObject *dumps, PyObject *cloud_dumps, PyObject *kwnames,
     return body;
 }
 
+/* Bytes a pickle (body + out-of-band buffers) needs in an arena. */
+static uint64_t
+msg_size(PyObject *body, bufsink *sink)
+{
+    uint64_t need = (uint64_t)PyBytes_GET_SIZE(body);
+    for (int i = 0; i < sink->n; i++) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(sink->bufs[i], &v, PyBUF_ANY_CONTIGUOUS) == 0) {
+            need += (uint64_t)v.len;
+            PyBuffer_Release(&v);
+        }
+        else {
+            PyErr_Clear();
+        }
+    }
+    return need;
+}
+
 /* Copies a pickle (body + sink buffers) into msg/inline storage, with
  * blocks from `arena`.  0, 1 when the arena is full for now, -1 error. */
 static int
@@ -817,11 +835,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     /* A single pickle larger than the whole arena can never be sent. */
-    uint64_t need = (uint64_t)PyBytes_GET_SIZE(body);
-    for (int i = 0; i < sink->n; i++) {
-        need += (uint64_t)PyObject_Size(sink->bufs[i]);
-    }
-    PyErr_Clear();
+    uint64_t need = msg_size(body, sink);
     if (need + need / 4 + 65536 > p->arena.size) {
         Py_DECREF(body);
         Py_DECREF(sink);
@@ -865,6 +879,17 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         lock_mu(p);
         int r = store_msg(&p->arena, p->shm.base, body, sink, &t->msg, t->inl,
                           &t->inline_len);
+        if (r == 1) {
+            /* Full of free blocks of the wrong sizes with nothing in use:
+             * start the arena over (no process holds any of its blocks). */
+            pn_arena_reclaim(&p->arena);
+            if (p->arena.used == 0) {
+                pn_arena_init(&p->arena, p->shm.base, p->arena.off,
+                              p->arena.size);
+                r = store_msg(&p->arena, p->shm.base, body, sink, &t->msg,
+                              t->inl, &t->inline_len);
+            }
+        }
         unlock_mu(p);
         if (r == 0) {
             break;
@@ -1773,6 +1798,25 @@ pickle:
         }
         bufsink_reset(sink);
         status = PN_RES_ERROR;
+    }
+    {
+        /* A result that can never fit in this worker's arena fails now
+         * rather than waiting forever for space. */
+        uint64_t need = msg_size(out, sink);
+        if (need + need / 4 + 65536 > wa->size) {
+            char text[160];
+            int n = snprintf(text, sizeof(text),
+                             "the task's result pickles to %llu bytes, more "
+                             "than a worker's result arena (%llu bytes)",
+                             (unsigned long long)need,
+                             (unsigned long long)wa->size);
+            Py_SETREF(out, PyBytes_FromStringAndSize(text, n));
+            if (out == NULL) {
+                goto fatal_text;
+            }
+            bufsink_reset(sink);
+            status = PN_RES_ERROR;
+        }
     }
     for (;;) {
         uint32_t inl = 0;
