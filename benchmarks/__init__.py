@@ -10,6 +10,8 @@ SUITES = {
     "proc": ("proc", "piston.ProcessPoolExecutor vs "
              "concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool, "
              "loky, pebble"),
+    "celery": ("celery_bench", "Celery's prefork pool vs "
+               "piston.celery:TaskPool (needs redis-server and celery)"),
 }
 
 

@@ -1,4 +1,7 @@
 /* Kernel feature probe: each feature is tried for real, then released. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1     /* memfd_create */
+#endif
 #include "core/pn_features.h"
 #include "core/pn_futex.h"
 

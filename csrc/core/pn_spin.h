@@ -53,7 +53,11 @@ pn_spinner_step(pn_spinner *s)
     if ((++s->steps & 31) != 0) {
         return 1;
     }
-    return pn_monotonic_ns() < s->stop_ns;
+    if (pn_monotonic_ns() < s->stop_ns) {
+        return 1;
+    }
+    s->stop_ns = 0;         /* spent stays spent */
+    return 0;
 }
 
 /* An adaptive spin budget, learnt from how long waits really take: a wait

@@ -28,124 +28,6 @@ fut_state(pn_future *f)
     return atomic_load_explicit(&f->state, memory_order_acquire);
 }
 
-/* ---- helpers shared with the other engines ---------------------------- */
-
-PyObject *
-pn_fetch_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (type == NULL) {
-        return NULL;
-    }
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL) {
-        PyException_SetTraceback(value, tb);
-        Py_DECREF(tb);
-    }
-    Py_DECREF(type);
-    return value;
-#endif
-}
-
-int
-pn_parse_timeout(PyObject *timeout, int64_t *deadline_ns)
-{
-    double secs;
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline_ns = PN_FOREVER;
-        return 0;
-    }
-    secs = PyFloat_AsDouble(timeout);
-    if (secs == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (!(secs > 0)) {          /* zero, negative and NaN: just check */
-        *deadline_ns = pn_monotonic_ns();
-    }
-    else if (secs > 1e9) {      /* ~31 years: as good as forever */
-        *deadline_ns = PN_FOREVER;
-    }
-    else {
-        *deadline_ns = pn_monotonic_ns() + (int64_t)(secs * 1e9);
-    }
-    return 0;
-}
-
-static int
-ncpus(void)
-{
-    /* A plain int, computed once; a benign race if two threads do it. */
-    static int n;
-    if (n == 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n = c > 0 ? (int)c : 1;
-    }
-    return n;
-}
-
-int
-pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
-             _Atomic uint32_t *sleepers, _Atomic uint32_t *spinners,
-             pn_spin_budget *budget, int64_t deadline_ns)
-{
-    for (;;) {
-        int r = 0;
-        Py_BEGIN_ALLOW_THREADS
-        int changed = 0;
-        /* Tells a worker about to take the GIL for this very task that the
-         * GIL is free now (pairs with the acquire load in the worker). */
-        if (spinners != NULL) {
-            atomic_fetch_add_explicit(spinners, 1, memory_order_release);
-        }
-        int64_t started = pn_monotonic_ns();
-        if (ncpus() > 1) {
-            pn_spinner spin;
-            int64_t ns = pn_spin_budget_get(budget);
-            if (deadline_ns != PN_FOREVER) {
-                int64_t left = deadline_ns - pn_monotonic_ns();
-                ns = left < ns ? left : ns;
-            }
-            pn_spinner_init(&spin, ns);
-            do {
-                if (atomic_load_explicit(word, memory_order_acquire)
-                    != seen) {
-                    changed = 1;
-                    break;
-                }
-            } while (pn_spinner_step(&spin));
-        }
-        if (!changed) {
-            /* Pairs with the completer's seq_cst store of the word and load
-             * of *sleepers: either it sees us here or the kernel sees the
-             * new word and does not put us to sleep. */
-            atomic_fetch_add_explicit(sleepers, 1, memory_order_seq_cst);
-            r = pn_futex_wait(word, seen, deadline_ns, 0);
-            atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
-        }
-        if (r == 0) {
-            pn_spin_budget_learn(budget, pn_monotonic_ns() - started);
-        }
-        if (spinners != NULL) {
-            atomic_fetch_sub_explicit(spinners, 1, memory_order_relaxed);
-        }
-        Py_END_ALLOW_THREADS
-        if (r == -EINTR) {
-            if (PyErr_CheckSignals() < 0) {
-                return -1;
-            }
-            if (atomic_load_explicit(word, memory_order_acquire) != seen) {
-                return 0;
-            }
-            continue;
-        }
-        return r == -ETIMEDOUT ? 1 : 0;
-    }
-}
-
 /* Wakes every thread asleep in result()/exception(). */
 static void
 wake_sleepers(pn_future *f)
@@ -612,21 +494,34 @@ stored_exception(pn_future *f)
     return f->exception;
 }
 
+/* The shared start of result() and exception(): parses `timeout`, waits,
+ * and returns 0 once the future is FINISHED, or -1 with CancelledError,
+ * TimeoutError or a signal handler's exception set. */
+static int
+wait_finished(pn_future *f, const char *fname, PyObject *const *args,
+              Py_ssize_t nargsf, PyObject *kwnames)
+{
+    PyObject *timeout;
+    int r;
+    if (parse_timeout_arg(fname, args, PyVectorcall_NARGS(nargsf), kwnames,
+                          &timeout) < 0
+        || (r = wait_done(f, timeout)) < 0) {
+        return -1;
+    }
+    if (r == 0 || fut_state(f) != PN_FUT_FINISHED) {
+        raise_not_finished(f);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 fut_result(pn_future *f, PyObject *const *args, Py_ssize_t nargsf,
            PyObject *kwnames)
 {
-    PyObject *timeout, *exc;
-    int r;
-    if (parse_timeout_arg("result", args, PyVectorcall_NARGS(nargsf),
-                          kwnames, &timeout) < 0) {
+    PyObject *exc;
+    if (wait_finished(f, "result", args, nargsf, kwnames) < 0) {
         return NULL;
-    }
-    if ((r = wait_done(f, timeout)) < 0) {
-        return NULL;
-    }
-    if (r == 0 || fut_state(f) != PN_FUT_FINISHED) {
-        return raise_not_finished(f);
     }
     if ((exc = stored_exception(f)) != NULL) {
         if (!PyExceptionInstance_Check(exc)) {
@@ -644,20 +539,10 @@ static PyObject *
 fut_exception(pn_future *f, PyObject *const *args, Py_ssize_t nargsf,
               PyObject *kwnames)
 {
-    PyObject *timeout, *exc;
-    int r;
-    if (parse_timeout_arg("exception", args, PyVectorcall_NARGS(nargsf),
-                          kwnames, &timeout) < 0) {
+    if (wait_finished(f, "exception", args, nargsf, kwnames) < 0) {
         return NULL;
     }
-    if ((r = wait_done(f, timeout)) < 0) {
-        return NULL;
-    }
-    if (r == 0 || fut_state(f) != PN_FUT_FINISHED) {
-        return raise_not_finished(f);
-    }
-    exc = f->exception ? f->exception : Py_None;
-    return Py_NewRef(exc);
+    return Py_NewRef(f->exception ? f->exception : Py_None);
 }
 
 /* ---- the rest of the Python API ---------------------------------------- */

@@ -59,6 +59,20 @@ typedef struct pn_mapjob {
     _Atomic int cancelled;
 } pn_mapjob;
 
+/* threadpool.c: the core, for thread_executor.c (GIL held throughout) */
+pn_tpcore *pn__tpcore_new(pn_state *st);
+int pn__tpcore_configure(pn_tpcore *core, Py_ssize_t max_workers,
+                         PyObject *initializer, PyObject *initargs);
+/* In a child after fork(): fails the parent's work, forgets its workers. */
+void pn__tpcore_check_fork(pn_tpcore *core);
+/* Cancels every queued unit (shutdown(cancel_futures=True)). */
+void pn__tpcore_cancel_queued(pn_tpcore *core);
+/* Workers exit once the queue is empty. */
+void pn__tpcore_close(pn_tpcore *core);
+
+/* thread_executor.c */
+int pn_thread_executor_exec(PyObject *m, pn_state *st);
+
 /* map_job.c */
 int pn_map_exec(PyObject *m, pn_state *st);
 /* A queued job over `items`; the queue's reference is the one returned
