@@ -187,6 +187,19 @@ def test_worker_death_reports_cause(pool, fn, args, needle):
     assert ex.submit(square, 5).result(timeout=30) == 25
 
 
+def test_fork_server_killed_breaks_pool_clearly(pool):
+    ex = pool(2)
+    assert ex.submit(square, 3).result(timeout=30) == 9
+    running = ex.submit(sleep_and_pid, 10)
+    time.sleep(0.2)
+    os.kill(ex._server.pid, signal.SIGKILL)
+    with pytest.raises(piston.BrokenProcessPool) as info:
+        running.result(timeout=30)
+    assert "replacement" not in str(info.value)
+    with pytest.raises(piston.BrokenProcessPool, match="fork server"):
+        ex.submit(square, 2)
+
+
 def test_repeated_crashes_heal(pool):
     ex = pool(2)
     for _ in range(5):
@@ -396,6 +409,27 @@ def test_parent_killed_leaves_no_orphans(tmp_path):
     assert shm_entries() - before == set()
 
 
+def test_exit_without_shutdown_runs_pending_work():
+    p = run_script("""
+        import gc, piston
+        from test_process_pool_faults import sleep_and_pid
+        ex = piston.ProcessPoolExecutor(2)
+        fs = [ex.submit(sleep_and_pid, 0.2) for _ in range(3)]
+        fs[0].add_done_callback(lambda f: print("done", flush=True))
+        dropped = piston.ProcessPoolExecutor(1)
+        dropped.submit(sleep_and_pid, 0.2).add_done_callback(
+            lambda f: print("dropped done", flush=True))
+        del dropped
+        gc.collect()
+        print("exiting", flush=True)
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.split() == ["exiting", "done", "dropped", "done"] or sorted(
+        out.split()) == sorted(["exiting", "done", "dropped", "done"]), out
+    assert "Traceback" not in err, err
+
+
 def test_ctrl_c_in_parent_exits_cleanly():
     p = run_script("""
         import signal, time
@@ -434,6 +468,25 @@ def test_numpy_arrays_checksums(pool, mib):
     assert np.array_equal(c, a[::2])
 
 
+def test_too_big_for_the_arenas(pool):
+    np = pytest.importorskip("numpy")
+    ex = pool(1, arena_size=1 << 20, result_arena_size=1 << 20)
+    with pytest.raises(ValueError, match="arena"):
+        ex.submit(checksum, np.ones(2 << 20, dtype=np.uint8))
+    with pytest.raises(piston.PistonError, match="result arena"):
+        ex.submit(make_array, 2 << 20, 1).result(timeout=30)
+    a = make_array(256 << 10, 3)
+    assert ex.submit(checksum, a).result(timeout=30) == checksum(a)
+
+
+def test_arena_fragmented_by_mixed_sizes(pool):
+    np = pytest.importorskip("numpy")
+    ex = pool(1, arena_size=8 << 20)
+    for mib in (1, 2, 3, 5, 6, 1, 6, 4):
+        a = np.ones(mib << 20, dtype=np.uint8)
+        assert ex.submit(len, a).result(timeout=30) == a.nbytes
+
+
 def test_arena_reused_over_many_big_tasks(pool):
     np = pytest.importorskip("numpy")
     ex = pool(2)
@@ -452,6 +505,7 @@ def test_soak_flat_rss_and_fds(pool):
     batch = 10_000
     rss = []
     fds = []
+    blocks = []
     for i in range(0, n, batch):
         fs = [ex.submit(square, j) for j in range(batch)]
         assert fs[-1].result(timeout=120) == (batch - 1) ** 2
@@ -460,7 +514,11 @@ def test_soak_flat_rss_and_fds(pool):
         del fs
         rss.append(rss_kib())
         fds.append(fd_count())
+        blocks.append(sys.getallocatedblocks())
     assert max(fds) == min(fds[1:] or fds)
+    # No Python objects leak per task (a leak of one object per task would
+    # be 10k blocks per batch).
+    assert blocks[-1] - blocks[1] < 2000, blocks
     # Flat: the second half grows by less than 16 MiB over the first.
     half = len(rss) // 2
     assert max(rss[half:]) - max(rss[:half]) < 16 * 1024, rss

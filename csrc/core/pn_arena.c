@@ -106,6 +106,7 @@ pn_arena_alloc(pn_arena *a, uint64_t n)
         b->arena_off = a->off;
         b->next_freed = 0;
         b->next_free = 0;
+        b->touched = 0;
         atomic_store_explicit(&b->state, PN_BLOCK_USED, memory_order_relaxed);
         a->bump = data + cap;
         a->used += cap;
@@ -174,4 +175,15 @@ pn_arena_free(void *base, uint64_t size, uint64_t data_off)
         memory_order_relaxed));
     atomic_fetch_add_explicit(&h->nfree_calls, 1, memory_order_relaxed);
     return 1;
+}
+
+uint64_t
+pn_arena_touched(pn_arena *a, uint64_t data_off, uint64_t n)
+{
+    pn_block *b = block_at(a->base, data_off);
+    uint64_t before = b->touched;
+    if (n > before) {
+        b->touched = n;
+    }
+    return before;
 }

@@ -45,7 +45,8 @@ typedef struct pn_block {
     uint64_t arena_off;         /* region offset of its pn_arena_hdr */
     uint64_t next_freed;        /* link in the freed stack */
     uint64_t next_free;         /* owner-only: link in a free list */
-    uint64_t pad_[2];
+    uint64_t touched;           /* owner-only: bytes the owner has mapped */
+    uint64_t pad_;
 } pn_block;
 
 /* The owner's private view of one arena. */
@@ -77,6 +78,10 @@ int pn_arena_block_state(void *base, uint64_t size, uint64_t data_off);
 /* Owner: moves everything on the freed stack into the free lists; returns
  * how many blocks it took. */
 uint64_t pn_arena_reclaim(pn_arena *a);
+
+/* Owner: how many bytes of the block at `data_off` the owner already
+ * touched (its pages are mapped here), and records that `n` are now. */
+uint64_t pn_arena_touched(pn_arena *a, uint64_t data_off, uint64_t n);
 
 /* Usable capacity of a class-rounded request of n bytes (for tests). */
 uint64_t pn_arena_round(uint64_t n, uint32_t *cls);

@@ -373,7 +373,10 @@ class ProcessPoolExecutor(_cf.Executor):
       cancel_running if true, future.cancel() also works on a running task
                      (its worker is killed and replaced).  Futures then stay
                      PENDING until they finish (running() is False).
-      arena_size     bytes of (sparse) shared memory for arguments.
+      arena_size     bytes of (sparse) shared memory for arguments
+                     (default 4 GiB); a bigger task raises at submit.
+      result_arena_size  the same per worker for results (default 1 GiB);
+                     a bigger result fails its future with PistonError.
     mp_context: None forks the fork server from this process when it has a
     single thread, else starts it as a fresh interpreter; "fork" always
     forks it; "spawn"/"forkserver" (or a multiprocessing context) always
@@ -382,7 +385,8 @@ class ProcessPoolExecutor(_cf.Executor):
 
     def __init__(self, max_workers=None, mp_context=None, initializer=None,
                  initargs=(), max_tasks_per_child=None, *, task_timeout=None,
-                 cancel_running=False, arena_size=None):
+                 cancel_running=False, arena_size=None,
+                 result_arena_size=None):
         if max_workers is None:
             max_workers = _default_workers()
         elif max_workers <= 0:
@@ -410,7 +414,7 @@ class ProcessPoolExecutor(_cf.Executor):
             max_workers, pickle.dumps, pickle.loads, _cloud_dumps,
             _rebuild_exc, None,
             arena_size=arena_size or (4 << 30),
-            worker_arena_size=1 << 30,
+            worker_arena_size=result_arena_size or (1 << 30),
             threshold=_OOB_THRESHOLD,
             max_tasks_per_child=max_tasks_per_child or 0,
             task_timeout=task_timeout or 0.0,
@@ -419,6 +423,9 @@ class ProcessPoolExecutor(_cf.Executor):
                          _OOB_THRESHOLD)
         core._set_spawner(_Spawner(server))
         core.start(server.pid)
+        # One worker right away: the first submit finds it (nearly) up;
+        # the rest start on demand, as the stdlib's do.
+        core.start_workers(1)
         self._core = core
         self._server = server
         self._key = id(core)
