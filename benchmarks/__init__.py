@@ -7,6 +7,11 @@ import importlib.util
 SUITES = {
     "thread": ("thread_pool", "piston.ThreadPoolExecutor vs "
                "concurrent.futures.ThreadPoolExecutor"),
+    "proc": ("proc", "piston.ProcessPoolExecutor vs "
+             "concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool, "
+             "loky, pebble"),
+    "celery": ("celery_bench", "Celery's prefork pool vs "
+               "piston.celery:TaskPool (needs redis-server and celery)"),
     "loop": ("loop", "piston's event loop vs asyncio's and uvloop"),
 }
 

@@ -136,6 +136,27 @@ raise SystemExit("piston/_piston extension not found in %s"
                  % list(spec.submodule_search_locations))')
 }
 
+# System packages the suite needs from Debian: redis-server for the
+# piston.celery tests (a real broker).  Installed when missing and when we
+# can (root); PISTON_REQUIRE_REDIS=1 then makes its absence a failure.
+system_deps() {
+    if command -v redis-server >/dev/null 2>&1; then
+        note "redis-server: $(command -v redis-server)"
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "-- apt-get install redis-server"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                redis-server >"$LOGS/apt.log" 2>&1 \
+            || { echo "!! apt-get install redis-server failed:"; tail -20 "$LOGS/apt.log"; }
+    fi
+    command -v redis-server >/dev/null 2>&1 \
+        || echo "!! redis-server unavailable: the celery tests will fail"
+}
+system_deps
+export PISTON_REQUIRE_REDIS=1
+
 # setup_venv NAME PYTHON BUILD_ENV...: a venv at $SCRATCH/NAME with the test
 # deps from the package index and piston built from a clean copy with the
 # given build variables (PISTON_STRICT=1, PISTON_SANITIZE=1, ...).

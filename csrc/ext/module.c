@@ -17,11 +17,12 @@
     X(str_add_result) X(str_add_exception) X(str_add_cancelled)             \
     X(str_exception) X(ThreadPoolType) X(ThreadPoolCoreType)                \
     X(str_start_worker) X(MapJobType) X(MapIteratorType)                    \
+    X(ProcessPoolCoreType) X(ProcBufSinkType) X(ProcArenaBufType)           \
     /* loop */                                                              \
     X(HandleType) X(TimerHandleType) X(LoopCoreType) X(handle_repr)         \
-    X(extract_stack)                                                        \
-    X(aio_Future) X(aio_Task) X(aio_convert_exc) X(kwnames_task[0]) X(kwnames_task[1])         \
-    X(kwnames_task[2]) X(kwnames_task[3]) X(kwnames_loop) X(str_cancelled) X(str_cancel)            \
+    X(extract_stack) X(aio_Future) X(aio_Task) X(aio_convert_exc)           \
+    X(kwnames_task[0]) X(kwnames_task[1]) X(kwnames_task[2])                \
+    X(kwnames_task[3]) X(kwnames_loop) X(str_cancelled) X(str_cancel)       \
     X(str_set_result) X(str_set_exception)
 
 static int
@@ -96,8 +97,8 @@ module_exec(PyObject *m)
         return -1;
     }
     if (pn_errors_exec(m, st) < 0 || pn_future_exec(m, st) < 0
-        || pn_threadpool_exec(m, st) < 0 || pn_handle_exec(m, st) < 0
-        || pn_loop_exec(m, st) < 0) {
+        || pn_threadpool_exec(m, st) < 0 || pn_procpool_exec(m, st) < 0
+        || pn_handle_exec(m, st) < 0 || pn_loop_exec(m, st) < 0) {
         return -1;
     }
     return 0;

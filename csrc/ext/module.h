@@ -47,6 +47,11 @@ typedef struct pn_state {
     PyTypeObject *MapIteratorType;
     int interpreter_exiting;        /* set by piston's threading atexit hook */
 
+    /* procpool.c */
+    PyTypeObject *ProcessPoolCoreType;
+    PyTypeObject *ProcBufSinkType;  /* pickle buffer_callback */
+    PyTypeObject *ProcArenaBufType; /* a worker's view of an arena block */
+
     /* loop */
     PyTypeObject *HandleType;
     PyTypeObject *TimerHandleType;
@@ -82,6 +87,7 @@ pn_state_from_type(PyTypeObject *tp)
 int pn_errors_exec(PyObject *m, pn_state *st);
 int pn_future_exec(PyObject *m, pn_state *st);
 int pn_threadpool_exec(PyObject *m, pn_state *st);
+int pn_procpool_exec(PyObject *m, pn_state *st);
 int pn_handle_exec(PyObject *m, pn_state *st);
 int pn_loop_exec(PyObject *m, pn_state *st);
 

@@ -5,8 +5,10 @@ Drop-ins for what Python code already calls:
 * :class:`piston.Future` -- a ``concurrent.futures.Future`` implemented in C,
   shared by all of piston's engines;
 * :class:`piston.ThreadPoolExecutor` -- a ``concurrent.futures``
-  ``ThreadPoolExecutor`` whose workers wait for work without the GIL.
-
+  ``ThreadPoolExecutor`` whose workers wait for work without the GIL;
+* :class:`piston.ProcessPoolExecutor` -- a ``concurrent.futures``
+  ``ProcessPoolExecutor`` over shared memory whose dead workers fail only
+  their own task;
 * :func:`piston.run`, :func:`piston.new_event_loop`, :class:`piston.Loop`
   -- an asyncio event loop written in C over epoll.
 
@@ -43,6 +45,7 @@ from piston._piston import (  # noqa: E402
 )
 
 from piston._thread_pool import ThreadPoolExecutor  # noqa: E402
+from piston._process_pool import ProcessPoolExecutor  # noqa: E402
 from piston._loop import Loop, new_event_loop  # noqa: E402
 from piston._policy import install, run  # noqa: E402
 
@@ -62,6 +65,7 @@ __all__ = [
     "Handle",
     "Loop",
     "PistonError",
+    "ProcessPoolExecutor",
     "TaskTimeoutError",
     "ThreadPoolExecutor",
     "TimerHandle",

@@ -1,0 +1,541 @@
+"""piston.ProcessPoolExecutor: the stdlib's ProcessPoolExecutor API on a C
+pool that moves tasks through shared memory and heals itself.
+
+The per-task path is C (csrc/ext/procpool.c): submit pickles and writes the
+task into a worker's ring in a memfd; a C collector thread completes the
+futures.  This module holds what is off that path: argument checks, the
+fork server that starts workers, map()'s chunking and progress, shutdown.
+"""
+import concurrent.futures as _cf
+import itertools
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from piston import _piston
+
+try:  # lambdas and closures travel too when cloudpickle is installed
+    import cloudpickle as _cloudpickle
+
+    _cloud_dumps = _cloudpickle.dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    _cloud_dumps = None
+
+__all__ = ["ProcessPoolExecutor"]
+
+# Buffers of at least this many bytes (numpy arrays, PickleBuffer) travel
+# out of band through the shared arena instead of inside the pickle.
+_OOB_THRESHOLD = 64 * 1024
+
+
+class _RemoteTraceback(Exception):
+    """The __cause__ of an exception re-raised from a worker: its text is
+    the traceback as the worker saw it."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+def _rebuild_exc(obj):
+    exc, tb = obj
+    exc.__cause__ = _RemoteTraceback('\n"""\n%s"""' % tb)
+    return exc
+
+
+def _format_exc(exc):
+    return "".join(traceback.format_exception(type(exc), exc,
+                                              exc.__traceback__))
+
+
+def _run_chunk(fn, chunk):
+    return list(itertools.starmap(fn, chunk))
+
+
+def _run_chunk1(fn, chunk):
+    # One iterable: items travel bare, not as 1-tuples.
+    return list(map(fn, chunk))
+
+
+# ---------------------------------------------------------------- workers
+
+def _worker(fd, slot, gen, init, max_tasks, threshold):
+    """Body of a worker process (forked by the fork server)."""
+    if init is not None:
+        initializer, initargs = init
+        if isinstance(initializer, bytes):
+            initializer, initargs = pickle.loads(initializer)
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            _piston._procpool_report(fd, slot, os.getpid(), 0,
+                                     _format_exc(exc))
+            return 1
+    _piston._procpool_worker_main(fd, slot, gen, max_tasks or 0,
+                                  pickle.dumps, pickle.loads, _cloud_dumps,
+                                  _format_exc, threshold)
+    return 0
+
+
+def _flush_std():
+    for f in (sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except Exception:
+            pass
+
+
+def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
+    """The fork server: forks a worker per request from the parent, reaps
+    them and reports each exit (with its wait status) into shared memory.
+    Exits, killing its workers, when the parent dies (death_r reads EOF);
+    exits once its workers are gone after the parent closes cmd_r."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    me = os.getpid()
+    sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    children = {}
+    closing = False
+    buf = b""
+
+    def reap():
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = children.pop(pid, None)
+            if slot is not None:
+                _piston._procpool_report(fd, slot, pid, status)
+
+    while True:
+        reap()
+        if closing and not children:
+            return
+        watch = [death_r, sig_r] + ([] if closing else [cmd_r])
+        try:
+            ready, _, _ = select.select(watch, [], [], 1.0)
+        except InterruptedError:
+            continue
+        if sig_r in ready:
+            try:
+                os.read(sig_r, 4096)
+            except BlockingIOError:
+                pass
+        if death_r in ready:
+            # The parent is gone: nobody can use the results.
+            for pid in list(children):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return
+        if cmd_r in ready:
+            data = os.read(cmd_r, 4096)
+            if not data:
+                closing = True
+                continue
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                slot, gen = map(int, line.split())
+                _flush_std()
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        for f in (cmd_r, death_r, sig_r, sig_w):
+                            os.close(f)
+                        _piston._procpool_set_pdeathsig(signal.SIGKILL, me)
+                        code = _worker(fd, slot, gen, init, max_tasks,
+                                       threshold)
+                    except BaseException:
+                        traceback.print_exc()
+                    finally:
+                        _flush_std()
+                        os._exit(code)
+                children[pid] = slot
+                _piston._procpool_report(fd, slot, pid, -1)
+
+
+def _server_entry():
+    """Entry point of an exec'd (spawn/forkserver) fork server."""
+    cfg = pickle.load(sys.stdin.buffer)
+    sys.stdin.close()
+    import multiprocessing.spawn as _spawn
+    try:
+        _spawn.prepare(cfg["prep"])
+    except Exception:
+        traceback.print_exc()
+    if cfg.get("bench"):
+        # `python -m piston bench` from a source checkout maps benchmarks/
+        # to piston.benchmarks in the parent; tasks refer to it.
+        from piston import _cli
+        _cli._benchmarks()
+    _server_loop(cfg["fd"], cfg["cmd_r"], cfg["death_r"], cfg["init"],
+                 cfg["max_tasks"], cfg["threshold"])
+
+
+def _threads_in_process():
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # pragma: no cover
+        return threading.active_count()
+
+
+class _Server:
+    """The parent's handle on its fork server."""
+
+    def __init__(self, fd, method, init, max_tasks, threshold):
+        cmd_r, self.cmd_w = os.pipe2(os.O_CLOEXEC)
+        death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
+        self.proc = None
+        self.pid = None
+        if method is None:
+            # A fork of a single-threaded parent is safe and fastest; with
+            # threads around, a fresh interpreter is the safe choice.
+            method = "fork" if _threads_in_process() == 1 else "spawn"
+        self.method = method
+        try:
+            if method == "fork":
+                _flush_std()
+                pid = os.fork()
+                if pid == 0:
+                    code = 0
+                    try:
+                        os.close(self.cmd_w)
+                        os.close(self.death_w)
+                        _server_loop(fd, cmd_r, death_r, init, max_tasks,
+                                     threshold)
+                    except BaseException:
+                        traceback.print_exc()
+                        code = 1
+                    finally:
+                        _flush_std()
+                        os._exit(code)
+                self.pid = pid
+            else:
+                import multiprocessing.spawn as _spawn
+                import subprocess
+                if init is not None:
+                    init = (pickle.dumps(init), ())
+                prep = _spawn.get_preparation_data("piston-server")
+                prep.pop("authkey", None)   # not needed, and unpicklable
+                cfg = {"fd": fd, "cmd_r": cmd_r, "death_r": death_r,
+                       "init": init, "max_tasks": max_tasks,
+                       "threshold": threshold, "prep": prep,
+                       "bench": "piston.benchmarks" in sys.modules}
+                blob = pickle.dumps(cfg)
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-c",
+                     "from piston._process_pool import _server_entry; "
+                     "_server_entry()"],
+                    stdin=subprocess.PIPE, pass_fds=(fd, cmd_r, death_r))
+                self.pid = self.proc.pid
+                self.proc.stdin.write(blob)
+                self.proc.stdin.close()
+        finally:
+            os.close(cmd_r)
+            os.close(death_r)
+
+    def spawn(self, slot, gen):
+        os.write(self.cmd_w, b"%d %d\n" % (slot, gen))
+
+    def close(self):
+        """After the collector finished: the server exits once idle."""
+        if self.cmd_w >= 0:
+            os.close(self.cmd_w)
+            self.cmd_w = -1
+        if self.proc is not None:
+            self.proc.wait()
+        elif self.pid is not None:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = None
+        if self.death_w >= 0:
+            os.close(self.death_w)
+            self.death_w = -1
+
+
+class _Spawner:
+    """The core's callback to start a worker; holds no executor."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server):
+        self.server = server
+
+    def __call__(self, slot, gen):
+        self.server.spawn(slot, gen)
+
+
+# Live pools (core, server), closed at interpreter exit like the stdlib's.
+_live = {}
+_live_lock = threading.Lock()
+
+
+def _close_pool(key, wait=True):
+    with _live_lock:
+        entry = _live.get(key)
+    if entry is None:
+        return
+    core, server = entry
+    core.shutdown(False)
+    if not wait:
+        return
+    core.join()
+    server.close()
+    with _live_lock:
+        _live.pop(key, None)
+
+
+def _python_exit():
+    for key in list(_live):
+        try:
+            _close_pool(key)
+        except Exception:  # pragma: no cover
+            traceback.print_exc()
+
+
+threading._register_atexit(_python_exit)
+os.register_at_fork(after_in_child=_live.clear)
+
+
+def _default_workers():
+    cpu_count = getattr(os, "process_cpu_count", os.cpu_count)
+    return cpu_count() or 1
+
+
+class _Progress:
+    def __init__(self, total):
+        self.total = total
+        self.n = 0
+        self.lock = threading.Lock()
+        self.bar = None
+        try:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, unit="it")
+        except Exception:
+            self.last = 0.0
+
+    def add(self, n):
+        with self.lock:
+            self.n += n
+            if self.bar is not None:
+                self.bar.update(n)
+                return
+            now = time.monotonic()
+            if now - self.last >= 0.1 or self.n == self.total:
+                self.last = now
+                sys.stderr.write("\r%d/%s items" % (self.n, self.total
+                                                     if self.total is not None
+                                                     else "?"))
+                sys.stderr.flush()
+
+    def close(self):
+        with self.lock:
+            if self.bar is not None:
+                self.bar.close()
+            else:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+
+
+class ProcessPoolExecutor(_cf.Executor):
+    """A drop-in for concurrent.futures.ProcessPoolExecutor.
+
+    Same constructor and semantics; tasks and results travel through shared
+    memory, futures are piston.Futures, and a dying worker fails only the
+    task it was running (WorkerCrashedError) while the pool replaces it.
+
+    Extra keyword-only options:
+      task_timeout   seconds a task may run (counted from the call, after
+                     its arguments are unpickled) before its worker is
+                     killed and replaced and the future fails with
+                     TaskTimeoutError; per call: submit_with_timeout(timeout,
+                     fn, ...).
+      cancel_running if true, future.cancel() also works on a running task
+                     (its worker is killed and replaced).  Futures then stay
+                     PENDING until they finish (running() is False).
+      arena_size     bytes of (sparse) shared memory for arguments
+                     (default 4 GiB); a bigger task raises at submit.
+      result_arena_size  the same per worker for results (default 1 GiB);
+                     a bigger result fails its future with PistonError.
+    mp_context: None forks the fork server from this process when it has a
+    single thread, else starts it as a fresh interpreter; "fork" always
+    forks it; "spawn"/"forkserver" (or a multiprocessing context) always
+    start a fresh interpreter, from which workers are forked.
+    """
+
+    def __init__(self, max_workers=None, mp_context=None, initializer=None,
+                 initargs=(), max_tasks_per_child=None, *, task_timeout=None,
+                 cancel_running=False, arena_size=None,
+                 result_arena_size=None):
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError("task_timeout must be > 0")
+        if mp_context is None or isinstance(mp_context, str):
+            method = mp_context
+        else:
+            method = mp_context.get_start_method()
+        if method not in (None, "fork", "spawn", "forkserver"):
+            raise ValueError("unknown start method %r" % (method,))
+        self._max_workers = max_workers
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        init = (initializer, tuple(initargs)) if initializer else None
+        core = _piston.ProcessPoolCore(
+            max_workers, pickle.dumps, pickle.loads, _cloud_dumps,
+            _rebuild_exc, None,
+            arena_size=arena_size or (4 << 30),
+            worker_arena_size=result_arena_size or (1 << 30),
+            threshold=_OOB_THRESHOLD,
+            max_tasks_per_child=max_tasks_per_child or 0,
+            task_timeout=task_timeout or 0.0,
+            cancel_running=bool(cancel_running))
+        server = _Server(core.fd, method, init, max_tasks_per_child,
+                         _OOB_THRESHOLD)
+        core._set_spawner(_Spawner(server))
+        core.start(server.pid)
+        # One worker right away: the first submit finds it (nearly) up;
+        # the rest start on demand, as the stdlib's do.
+        core.start_workers(1)
+        self._core = core
+        self._server = server
+        self._key = id(core)
+        with _live_lock:
+            _live[self._key] = (core, server)
+        self._submit = core.submit
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._submit(fn, args, kwargs, None)
+
+    def submit_with_timeout(self, timeout, fn, /, *args, **kwargs):
+        """submit() whose task fails with TaskTimeoutError (and whose
+        worker is replaced) if it runs longer than `timeout` seconds."""
+        if timeout is None:
+            return self._submit(fn, args, kwargs, None)
+        return self._submit(fn, args, kwargs, float(timeout))
+
+    submit.__doc__ = _cf.Executor.submit.__doc__
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
+        """Like Executor.map.  chunksize=None picks a chunk size from the
+        number of items (about 4 chunks per worker, at most 1024 items);
+        progress=True draws a progress bar (tqdm if installed, else a line
+        on stderr) counting items."""
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else timeout + time.monotonic()
+        single = len(iterables) == 1
+        items = list(iterables[0]) if single else list(zip(*iterables))
+        n = len(items)
+        if chunksize is None:
+            chunksize = max(1, min(1024, -(-n // (4 * self._max_workers))))
+        bar = _Progress(n) if progress else None
+        fs = []
+        try:
+            for i in range(0, n, chunksize):
+                chunk = items[i:i + chunksize]
+                if chunksize == 1:
+                    f = (self.submit(fn, chunk[0]) if single
+                         else self.submit(fn, *chunk[0]))
+                else:
+                    f = self.submit(_run_chunk1 if single else _run_chunk,
+                                    fn, chunk)
+                if bar is not None:
+                    f.add_done_callback(
+                        lambda f, k=len(chunk): bar.add(k))
+                fs.append((f, chunksize != 1))
+        except BaseException:
+            for f, _ in fs:
+                f.cancel()
+            if bar is not None:
+                bar.close()
+            raise
+        del items
+
+        def results():
+            try:
+                fs.reverse()
+                while fs:
+                    f, chunked = fs.pop()
+                    if end is None:
+                        r = f.result()
+                    else:
+                        r = f.result(end - time.monotonic())
+                    if chunked:
+                        yield from r
+                    else:
+                        yield r
+            finally:
+                for f, _ in fs:
+                    f.cancel()
+                if bar is not None:
+                    bar.close()
+
+        return results()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._core.shutdown(bool(cancel_futures))
+        if wait:
+            _close_pool(self._key)
+
+    def _force(self, sig):
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._core.shutdown(True)
+        self._core.kill_workers(sig)
+        _close_pool(self._key)
+
+    def terminate_workers(self):
+        """Cancels pending tasks, sends SIGTERM to every worker (their
+        running tasks fail with BrokenProcessPool) and shuts down."""
+        self._force(signal.SIGTERM)
+
+    def kill_workers(self):
+        """As terminate_workers(), with SIGKILL."""
+        self._force(signal.SIGKILL)
+
+    def __del__(self):
+        core = getattr(self, "_core", None)
+        if core is not None:
+            try:
+                core.shutdown(False)
+            except Exception:
+                pass
+
+    # Introspection for tests and tools.
+    def _worker_pids(self):
+        return self._core.worker_pids()
+
+    def _stats(self):
+        return self._core.stats()

@@ -1,0 +1,338 @@
+/* C tests of the process pool's shared region, doorbells and task ring. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "core/pn_futex.h"
+#include "core/pn_shm.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CHECK(c)                                                             \
+    do {                                                                     \
+        if (!(c)) {                                                          \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #c);                                                     \
+            exit(1);                                                         \
+        }                                                                    \
+    } while (0)
+
+static pid_t
+fork_or_die(void)
+{
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    return pid;
+}
+
+static int
+wait_child(pid_t pid)
+{
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void
+test_create_validate(void)
+{
+    pn_shm shm;
+    CHECK(pn_shm_create(&shm, 3, 8, 1 << 20, 1 << 16) == 0);
+    pn_shm_header *h = pn_shm_hdr(&shm);
+    CHECK(h->magic == PN_SHM_MAGIC && h->nworkers == 3 && h->ring_cap == 8);
+    CHECK(pn_shm_validate(shm.base, shm.size) == 0);
+    CHECK(pn_shm_validate(shm.base, shm.size - 1) == -EINVAL);
+    /* The fd is not a /dev/shm name and is close-on-exec. */
+    char path[64], link[256];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", shm.fd);
+    ssize_t n = readlink(path, link, sizeof(link) - 1);
+    CHECK(n > 0);
+    link[n] = 0;
+    CHECK(strncmp(link, "/memfd:piston-procpool", 22) == 0);
+
+    /* A second mapping through the fd validates and sees the same bytes. */
+    pn_shm two;
+    CHECK(pn_shm_attach(&two, shm.fd) == 0);
+    CHECK(pn_shm_ctl(&two, 2)->slots - two.base
+          == pn_shm_ctl(&shm, 2)->slots - shm.base);
+    pn_shm_ctl(&two, 1)->pid = 1234;
+    CHECK(pn_shm_ctl(&shm, 1)->pid == 1234);
+    pn_shm_detach(&two, 0);
+
+    /* Corruptions are caught. */
+    uint64_t saved = h->arena_off;
+    h->arena_off = shm.size;
+    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    h->arena_off = saved;
+    h->ring_cap = 6;
+    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    h->ring_cap = 8;
+    h->version = 99;
+    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    h->version = PN_SHM_VERSION;
+    h->warena_size = UINT64_C(1) << 62;
+    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    CHECK(pn_shm_create(&two, 1, 6, 1 << 20, 1 << 20) == -EINVAL);
+    pn_shm_detach(&shm, 1);
+}
+
+typedef struct {
+    pn_slot *slot;
+    uint64_t index;
+} want_t;
+
+static int
+slot_done(void *arg)
+{
+    want_t *w = arg;
+    return pn_ring_state(w->slot, w->index) == PN_SLOT_DONE;
+}
+
+typedef struct {
+    pn_shm *shm;
+    pn_worker_ctl *ctl;
+    uint64_t index;
+} take_t;
+
+static int
+slot_queued(void *arg)
+{
+    take_t *t = arg;
+    pn_slot *s = pn_ctl_slot(t->shm, t->ctl, t->index);
+    unsigned st = pn_ring_state(s, t->index);
+    return st == PN_SLOT_QUEUED || st == PN_SLOT_STOLEN
+           || atomic_load_explicit(&t->ctl->stop, memory_order_acquire);
+}
+
+/* A worker process: doubles each task's number until told to stop. */
+static void
+worker(pn_shm *shm, uint32_t k, int spin)
+{
+    pn_worker_ctl *ctl = pn_shm_ctl(shm, k);
+    take_t t = {shm, ctl, 0};
+    for (;;) {
+        pn_slot *s = pn_ctl_slot(shm, ctl, t.index);
+        int r = pn_ring_take(ctl, s, t.index);
+        if (r == 1) {
+            uint64_t v;
+            memcpy(&v, s->data, sizeof(v));
+            v *= 2;
+            memcpy(s->data, &v, sizeof(v));
+            s->status = PN_RES_OK;
+            pn_ring_done(shm, s, t.index);
+            t.index++;
+            continue;
+        }
+        if (r == 2) {
+            t.index++;
+            continue;
+        }
+        if (atomic_load_explicit(&ctl->stop, memory_order_acquire)) {
+            _exit(0);
+        }
+        int w = pn_bell_wait(&ctl->bell, slot_queued, &t, PN_FOREVER, spin);
+        CHECK(w >= 0 || w == -EINTR);
+    }
+}
+
+static void
+ping_pong(int spin, int rounds)
+{
+    pn_shm shm;
+    CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
+    pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    pid_t pid = fork_or_die();
+    if (pid == 0) {
+        worker(&shm, 0, spin);
+    }
+    int64_t t0 = pn_monotonic_ns();
+    for (uint64_t i = 0; i < (uint64_t)rounds; i++) {
+        pn_slot *s = pn_ctl_slot(&shm, ctl, i);
+        CHECK(pn_ring_state(s, i) == PN_SLOT_EMPTY);
+        memcpy(s->data, &i, sizeof(i));
+        pn_ring_publish(ctl, s, i);
+        want_t w = {s, i};
+        int r;
+        do {
+            r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
+                             PN_FOREVER, spin);
+        } while (r == 0 || r == -EINTR);
+        CHECK(r == 1);
+        uint64_t v;
+        memcpy(&v, s->data, sizeof(v));
+        CHECK(v == 2 * i);
+    }
+    int64_t dt = pn_monotonic_ns() - t0;
+    fprintf(stderr, "spin=%dns: %.2f us per round trip\n", spin,
+            dt / 1000.0 / rounds);
+    atomic_store_explicit(&ctl->stop, 1, memory_order_release);
+    pn_bell_ring(&ctl->bell);
+    CHECK(wait_child(pid) == 0);
+    pn_shm_detach(&shm, 1);
+}
+
+static void
+test_ping_pong_sleeping(void)
+{
+    ping_pong(0, 20000);
+}
+
+static void
+test_ping_pong_spinning(void)
+{
+    ping_pong(50000, 50000);
+}
+
+/* Many tasks queued at once; the parent steals some back while the worker
+ * runs: every task is either done by the worker or stolen, never both. */
+static void
+test_steal_race(void)
+{
+    pn_shm shm;
+    const uint32_t cap = 64;
+    CHECK(pn_shm_create(&shm, 1, cap, 1 << 16, 1 << 16) == 0);
+    pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    pid_t pid = fork_or_die();
+    if (pid == 0) {
+        worker(&shm, 0, 5000);
+    }
+    uint64_t produced = 0, collected = 0, stolen = 0, done = 0;
+    const uint64_t total = 200000;
+    while (collected < total) {
+        while (produced < total && produced - collected < cap) {
+            pn_slot *s = pn_ctl_slot(&shm, ctl, produced);
+            memcpy(s->data, &produced, sizeof(produced));
+            pn_ring_publish(ctl, s, produced);
+            produced++;
+        }
+        /* Try to steal the newest queued task now and then. */
+        if (produced % 3 == 0 && produced > collected) {
+            uint64_t last = produced - 1;
+            if (pn_ring_steal(pn_ctl_slot(&shm, ctl, last), last)) {
+                stolen++;
+            }
+        }
+        pn_slot *s = pn_ctl_slot(&shm, ctl, collected);
+        unsigned st = pn_ring_state(s, collected);
+        if (st == PN_SLOT_DONE) {
+            uint64_t v;
+            memcpy(&v, s->data, sizeof(v));
+            CHECK(v == 2 * collected);
+            done++;
+            collected++;
+        }
+        else if (st == PN_SLOT_STOLEN && pn_ring_passed(ctl, collected)) {
+            collected++;
+        }
+        else {
+            want_t w = {s, collected};
+            pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
+                         pn_monotonic_ns() + 1000000, 5000);
+        }
+    }
+    CHECK(done + stolen == total);
+    CHECK(stolen > 0);
+    fprintf(stderr, "done %llu stolen %llu\n", (unsigned long long)done,
+            (unsigned long long)stolen);
+    atomic_store_explicit(&ctl->stop, 1, memory_order_release);
+    pn_bell_ring(&ctl->bell);
+    CHECK(wait_child(pid) == 0);
+    pn_shm_detach(&shm, 1);
+}
+
+/* A sleeping owner wakes on a deadline, and a killed peer leaves the
+ * region usable (the ring is reset and a new worker carries on). */
+static void
+test_deadline_and_reset(void)
+{
+    pn_shm shm;
+    CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
+    pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    pn_slot *s0 = pn_ctl_slot(&shm, ctl, 0);
+    want_t w = {s0, 0};
+    int64_t t0 = pn_monotonic_ns();
+    int r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
+                         t0 + 20000000, 10);
+    CHECK(r == -ETIMEDOUT);
+    CHECK(pn_monotonic_ns() - t0 >= 19000000);
+
+    pid_t pid = fork_or_die();
+    if (pid == 0) {
+        pause();
+        _exit(0);
+    }
+    /* Queued to a worker that never takes it, then the worker dies. */
+    pn_ring_publish(ctl, s0, 0);
+    kill(pid, SIGKILL);
+    CHECK(wait_child(pid) == 128 + SIGKILL);
+    CHECK(pn_ring_state(s0, 0) == PN_SLOT_QUEUED);
+    pn_ring_reset(&shm, ctl);
+    CHECK(pn_ring_state(s0, 0) == PN_SLOT_EMPTY);
+    pid = fork_or_die();
+    if (pid == 0) {
+        worker(&shm, 0, 0);
+    }
+    uint64_t v = 21;
+    memcpy(s0->data, &v, sizeof(v));
+    pn_ring_publish(ctl, s0, 0);
+    do {
+        r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
+                         PN_FOREVER, 0);
+    } while (r == 0 || r == -EINTR);
+    memcpy(&v, s0->data, sizeof(v));
+    CHECK(v == 42);
+    atomic_store_explicit(&ctl->stop, 1, memory_order_release);
+    pn_bell_ring(&ctl->bell);
+    CHECK(wait_child(pid) == 0);
+    pn_shm_detach(&shm, 1);
+}
+
+static const struct {
+    const char *name;
+    void (*fn)(void);
+} cases[] = {
+    {"create_validate", test_create_validate},
+    {"ping_pong_sleeping", test_ping_pong_sleeping},
+    {"ping_pong_spinning", test_ping_pong_spinning},
+    {"steal_race", test_steal_race},
+    {"deadline_and_reset", test_deadline_and_reset},
+};
+#define NCASES (sizeof(cases) / sizeof(cases[0]))
+
+/* `prog --list`, `prog NAME`, or `prog` for every case in its own child. */
+int
+main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+        for (size_t i = 0; i < NCASES; i++) {
+            puts(cases[i].name);
+        }
+        return 0;
+    }
+    int failed = 0;
+    for (size_t i = 0; i < NCASES; i++) {
+        if (argc > 1 && strcmp(argv[1], cases[i].name) != 0) {
+            continue;
+        }
+        if (argc > 1) {
+            cases[i].fn();
+            return 0;
+        }
+        pid_t pid = fork_or_die();
+        if (pid == 0) {
+            cases[i].fn();
+            _exit(0);
+        }
+        int rc = wait_child(pid);
+        printf("%s %s\n", rc == 0 ? "ok  " : "FAIL", cases[i].name);
+        failed += rc != 0;
+    }
+    return failed != 0;
+}
