@@ -143,6 +143,13 @@ void pn_handle_cancel_core(pn_handle *h);
 void pn__loop_watchdog_stop(pn_loop *loop);
 extern PyMethodDef pn__loop_watchdog_methods[];
 
+/* loop_complete.c: delivers the piston.Futures completed since the last
+ * call into their asyncio futures (0, or -1 for KeyboardInterrupt and
+ * SystemExit); drops pending ones (close). */
+int pn__loop_run_completions(pn_loop *loop);
+void pn__loop_drop_completions(pn_loop *loop);
+extern PyMethodDef pn__loop_complete_methods[];
+
 /* loop.c: takes a timer out of the heap, dropping the heap's reference. */
 void pn__loop_timer_cancelled(pn_loop *loop, pn_handle *h);
 
