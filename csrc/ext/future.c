@@ -62,7 +62,8 @@ pn_future_stage(PyObject *fut, PyObject *result, PyObject *exc)
 {
     pn_future *f = (pn_future *)fut;
     if (fut_state(f) != PN_FUT_RUNNING || f->callbacks != NULL
-        || f->condition != NULL || f->waiters != NULL || f->hook != NULL) {
+        || f->condition != NULL || f->waiters != NULL
+        || f->hooks[0] != NULL) {
         return 0;
     }
     Py_XSETREF(f->result, Py_XNewRef(result));
@@ -206,10 +207,10 @@ run_done(pn_future *f)
     PyObject *cbs = f->callbacks, *raised = NULL;
     int is_list = f->callbacks_is_list;
 
-    if (f->hook != NULL) {
-        pn_future_hook hook = f->hook;
-        f->hook = NULL;
-        hook((PyObject *)f, f->hook_arg);
+    for (int i = 0; i < PN_FUTURE_HOOKS && f->hooks[i] != NULL; i++) {
+        pn_future_hook hook = f->hooks[i];
+        f->hooks[i] = NULL;
+        hook((PyObject *)f, f->hook_args[i]);
     }
     if (cbs == NULL) {
         return 0;
@@ -383,16 +384,20 @@ pn_future_set_done_hook(PyObject *fut, pn_future_hook hook, void *arg)
 {
     pn_future *f = (pn_future *)fut;
     wait_published(f);
-    if (f->hook != NULL) {
-        PyErr_SetString(PyExc_ValueError, "future already has a done hook");
+    int i = 0;
+    while (i < PN_FUTURE_HOOKS && f->hooks[i] != NULL) {
+        i++;
+    }
+    if (i == PN_FUTURE_HOOKS) {
+        PyErr_SetString(PyExc_ValueError, "future has all its done hooks");
         return -1;
     }
     if (IS_DONE(fut_state(f))) {
         hook(fut, arg);
         return 0;
     }
-    f->hook = hook;
-    f->hook_arg = arg;
+    f->hooks[i] = hook;
+    f->hook_args[i] = arg;
     return 0;
 }
 

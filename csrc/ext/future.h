@@ -23,6 +23,8 @@ enum {
  * exception or cancel), before Python done-callbacks. */
 typedef void (*pn_future_hook)(PyObject *fut, void *arg);
 
+#define PN_FUTURE_HOOKS 2
+
 typedef struct pn_future {
     PyObject_HEAD
     /* Waiters in result()/exception() sleep on this word with the GIL
@@ -39,8 +41,10 @@ typedef struct pn_future {
     PyObject *callbacks;            /* NULL, one callable, or a list */
     PyObject *condition;            /* lazily: an RLock (for cf.wait) */
     PyObject *waiters;              /* lazily: a list (for cf.wait) */
-    pn_future_hook hook;
-    void *hook_arg;
+    /* Up to two engines watch a future in C (a process pool's running-task
+     * cancel and the loop's batched completion). */
+    pn_future_hook hooks[PN_FUTURE_HOOKS];
+    void *hook_args[PN_FUTURE_HOOKS];
     /* The work a thread pool carries in the future itself, so a submit
      * allocates one object. */
     pn_qnode qnode;
@@ -71,8 +75,9 @@ int pn_future_cancel(PyObject *fut);
 int pn_future_stage(PyObject *fut, PyObject *result, PyObject *exc);
 void pn_future_publish_staged(pn_future *f);
 
-/* Installs the completion hook; -1 (ValueError) if one is set already.
- * A future already done calls it at once. */
+/* Adds a completion hook (hooks run in the order added); -1 (ValueError)
+ * when PN_FUTURE_HOOKS are set already.  A future already done calls it at
+ * once. */
 int pn_future_set_done_hook(PyObject *fut, pn_future_hook hook, void *arg);
 
 /* Drops the work a thread pool attached (fn, args, kwargs). */

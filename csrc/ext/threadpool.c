@@ -242,7 +242,7 @@ await_gil_handoff(pn_qnode *node)
          * waited on with result(): no handoff will come.  A racy read of a
          * pointer the GIL holder sets; a stale NULL only costs the spin. */
         if (__atomic_load_n(&f->callbacks, __ATOMIC_RELAXED) != NULL
-            || __atomic_load_n(&f->hook, __ATOMIC_RELAXED) != NULL) {
+            || __atomic_load_n(&f->hooks[0], __ATOMIC_RELAXED) != NULL) {
             return;
         }
     } while (pn_spinner_step(&spin));

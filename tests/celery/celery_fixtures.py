@@ -27,7 +27,10 @@ def _free_port():
 
 def _env(url, **extra):
     env = dict(os.environ)
-    pypath = [os.path.join(ROOT, "python"), HERE]
+    # The piston this test process imported (a venv in CI, python/ in a
+    # checkout built in place), never blindly the source tree.
+    import piston
+    pypath = [os.path.dirname(os.path.dirname(piston.__file__)), HERE]
     if env.get("PYTHONPATH"):
         pypath.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(pypath)

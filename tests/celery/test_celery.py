@@ -30,8 +30,6 @@ import celery_funcs as F  # noqa: E402
 from celery_fixtures import (  # noqa: E402,F401 - fixtures
     app, make_worker, pools, redis_url, worker)
 from celery_key import TEST_KEY as KEY  # noqa: E402
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
 T = 60   # the longest any single wait in these tests may take
 
@@ -112,7 +110,8 @@ def test_import_without_celery():
         "    import piston.celery\n"
         "except ImportError as e:\n"
         "    print('IMPORTERROR', e)\n")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = dict(os.environ,
+               PYTHONPATH=os.path.dirname(os.path.dirname(piston.__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=env, text=True,
                          capture_output=True, timeout=T)
     assert out.returncode == 0, out.stderr
