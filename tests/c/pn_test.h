@@ -50,6 +50,30 @@ typedef struct pn_test_case {
         }                                                                     \
     } while (0)
 
+/* fork() for a case that needs a child; failing to fork fails the case. */
+static inline pid_t
+pn_test_fork(void)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        PN_FAIL("fork: %s", strerror(errno));
+    }
+    return pid;
+}
+
+/* Waits for a child: its exit code, or 128 + the signal that killed it. */
+static inline int
+pn_test_wait(pid_t pid)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0) {
+        if (errno != EINTR) {
+            PN_FAIL("waitpid: %s", strerror(errno));
+        }
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 /* Seconds after which a case is killed by SIGALRM: a hang is a failure. */
 #ifndef PN_TEST_TIMEOUT
 #define PN_TEST_TIMEOUT 20

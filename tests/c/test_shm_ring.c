@@ -5,6 +5,8 @@
 #include "core/pn_futex.h"
 #include "core/pn_shm.h"
 
+#include "pn_test.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,71 +17,46 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CHECK(c)                                                             \
-    do {                                                                     \
-        if (!(c)) {                                                          \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                    #c);                                                     \
-            exit(1);                                                         \
-        }                                                                    \
-    } while (0)
-
-static pid_t
-fork_or_die(void)
-{
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    return pid;
-}
-
-static int
-wait_child(pid_t pid)
-{
-    int st;
-    CHECK(waitpid(pid, &st, 0) == pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void
 test_create_validate(void)
 {
     pn_shm shm;
-    CHECK(pn_shm_create(&shm, 3, 8, 1 << 20, 1 << 16) == 0);
+    PN_CHECK(pn_shm_create(&shm, 3, 8, 1 << 20, 1 << 16) == 0);
     pn_shm_header *h = pn_shm_hdr(&shm);
-    CHECK(h->magic == PN_SHM_MAGIC && h->nworkers == 3 && h->ring_cap == 8);
-    CHECK(pn_shm_validate(shm.base, shm.size) == 0);
-    CHECK(pn_shm_validate(shm.base, shm.size - 1) == -EINVAL);
+    PN_CHECK(h->magic == PN_SHM_MAGIC && h->nworkers == 3 && h->ring_cap == 8);
+    PN_CHECK(pn_shm_validate(shm.base, shm.size) == 0);
+    PN_CHECK(pn_shm_validate(shm.base, shm.size - 1) == -EINVAL);
     /* The fd is not a /dev/shm name and is close-on-exec. */
     char path[64], link[256];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", shm.fd);
     ssize_t n = readlink(path, link, sizeof(link) - 1);
-    CHECK(n > 0);
+    PN_CHECK(n > 0);
     link[n] = 0;
-    CHECK(strncmp(link, "/memfd:piston-procpool", 22) == 0);
+    PN_CHECK(strncmp(link, "/memfd:piston-procpool", 22) == 0);
 
     /* A second mapping through the fd validates and sees the same bytes. */
     pn_shm two;
-    CHECK(pn_shm_attach(&two, shm.fd) == 0);
-    CHECK(pn_shm_ctl(&two, 2)->slots - two.base
+    PN_CHECK(pn_shm_attach(&two, shm.fd) == 0);
+    PN_CHECK(pn_shm_ctl(&two, 2)->slots - two.base
           == pn_shm_ctl(&shm, 2)->slots - shm.base);
     pn_shm_ctl(&two, 1)->pid = 1234;
-    CHECK(pn_shm_ctl(&shm, 1)->pid == 1234);
+    PN_CHECK(pn_shm_ctl(&shm, 1)->pid == 1234);
     pn_shm_detach(&two, 0);
 
     /* Corruptions are caught. */
     uint64_t saved = h->arena_off;
     h->arena_off = shm.size;
-    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    PN_CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
     h->arena_off = saved;
     h->ring_cap = 6;
-    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    PN_CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
     h->ring_cap = 8;
     h->version = 99;
-    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    PN_CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
     h->version = PN_SHM_VERSION;
     h->warena_size = UINT64_C(1) << 62;
-    CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
-    CHECK(pn_shm_create(&two, 1, 6, 1 << 20, 1 << 20) == -EINVAL);
+    PN_CHECK(pn_shm_validate(shm.base, shm.size) == -EINVAL);
+    PN_CHECK(pn_shm_create(&two, 1, 6, 1 << 20, 1 << 20) == -EINVAL);
     pn_shm_detach(&shm, 1);
 }
 
@@ -138,7 +115,7 @@ worker(pn_shm *shm, uint32_t k, int spin)
             _exit(0);
         }
         int w = pn_bell_wait(&ctl->bell, slot_queued, &t, PN_FOREVER, spin);
-        CHECK(w >= 0 || w == -EINTR);
+        PN_CHECK(w >= 0 || w == -EINTR);
     }
 }
 
@@ -146,16 +123,16 @@ static void
 ping_pong(int spin, int rounds)
 {
     pn_shm shm;
-    CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
+    PN_CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
-    pid_t pid = fork_or_die();
+    pid_t pid = pn_test_fork();
     if (pid == 0) {
         worker(&shm, 0, spin);
     }
     int64_t t0 = pn_monotonic_ns();
     for (uint64_t i = 0; i < (uint64_t)rounds; i++) {
         pn_slot *s = pn_ctl_slot(&shm, ctl, i);
-        CHECK(pn_ring_state(s, i) == PN_SLOT_EMPTY);
+        PN_CHECK(pn_ring_state(s, i) == PN_SLOT_EMPTY);
         memcpy(s->data, &i, sizeof(i));
         pn_ring_publish(ctl, s, i);
         want_t w = {s, i};
@@ -164,17 +141,17 @@ ping_pong(int spin, int rounds)
             r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
                              PN_FOREVER, spin);
         } while (r == 0 || r == -EINTR);
-        CHECK(r == 1);
+        PN_CHECK(r == 1);
         uint64_t v;
         memcpy(&v, s->data, sizeof(v));
-        CHECK(v == 2 * i);
+        PN_CHECK(v == 2 * i);
     }
     int64_t dt = pn_monotonic_ns() - t0;
     fprintf(stderr, "spin=%dns: %.2f us per round trip\n", spin,
             dt / 1000.0 / rounds);
     atomic_store_explicit(&ctl->stop, 1, memory_order_release);
     pn_bell_ring(&ctl->bell);
-    CHECK(wait_child(pid) == 0);
+    PN_CHECK(pn_test_wait(pid) == 0);
     pn_shm_detach(&shm, 1);
 }
 
@@ -197,9 +174,9 @@ test_steal_race(void)
 {
     pn_shm shm;
     const uint32_t cap = 64;
-    CHECK(pn_shm_create(&shm, 1, cap, 1 << 16, 1 << 16) == 0);
+    PN_CHECK(pn_shm_create(&shm, 1, cap, 1 << 16, 1 << 16) == 0);
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
-    pid_t pid = fork_or_die();
+    pid_t pid = pn_test_fork();
     if (pid == 0) {
         worker(&shm, 0, 5000);
     }
@@ -224,7 +201,7 @@ test_steal_race(void)
         if (st == PN_SLOT_DONE) {
             uint64_t v;
             memcpy(&v, s->data, sizeof(v));
-            CHECK(v == 2 * collected);
+            PN_CHECK(v == 2 * collected);
             done++;
             collected++;
         }
@@ -237,13 +214,13 @@ test_steal_race(void)
                          pn_monotonic_ns() + 1000000, 5000);
         }
     }
-    CHECK(done + stolen == total);
-    CHECK(stolen > 0);
+    PN_CHECK(done + stolen == total);
+    PN_CHECK(stolen > 0);
     fprintf(stderr, "done %llu stolen %llu\n", (unsigned long long)done,
             (unsigned long long)stolen);
     atomic_store_explicit(&ctl->stop, 1, memory_order_release);
     pn_bell_ring(&ctl->bell);
-    CHECK(wait_child(pid) == 0);
+    PN_CHECK(pn_test_wait(pid) == 0);
     pn_shm_detach(&shm, 1);
 }
 
@@ -253,17 +230,17 @@ static void
 test_deadline_and_reset(void)
 {
     pn_shm shm;
-    CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
+    PN_CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
     pn_slot *s0 = pn_ctl_slot(&shm, ctl, 0);
     want_t w = {s0, 0};
     int64_t t0 = pn_monotonic_ns();
     int r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
                          t0 + 20000000, 10);
-    CHECK(r == -ETIMEDOUT);
-    CHECK(pn_monotonic_ns() - t0 >= 19000000);
+    PN_CHECK(r == -ETIMEDOUT);
+    PN_CHECK(pn_monotonic_ns() - t0 >= 19000000);
 
-    pid_t pid = fork_or_die();
+    pid_t pid = pn_test_fork();
     if (pid == 0) {
         pause();
         _exit(0);
@@ -271,11 +248,11 @@ test_deadline_and_reset(void)
     /* Queued to a worker that never takes it, then the worker dies. */
     pn_ring_publish(ctl, s0, 0);
     kill(pid, SIGKILL);
-    CHECK(wait_child(pid) == 128 + SIGKILL);
-    CHECK(pn_ring_state(s0, 0) == PN_SLOT_QUEUED);
+    PN_CHECK(pn_test_wait(pid) == 128 + SIGKILL);
+    PN_CHECK(pn_ring_state(s0, 0) == PN_SLOT_QUEUED);
     pn_ring_reset(&shm, ctl);
-    CHECK(pn_ring_state(s0, 0) == PN_SLOT_EMPTY);
-    pid = fork_or_die();
+    PN_CHECK(pn_ring_state(s0, 0) == PN_SLOT_EMPTY);
+    pid = pn_test_fork();
     if (pid == 0) {
         worker(&shm, 0, 0);
     }
@@ -287,52 +264,20 @@ test_deadline_and_reset(void)
                          PN_FOREVER, 0);
     } while (r == 0 || r == -EINTR);
     memcpy(&v, s0->data, sizeof(v));
-    CHECK(v == 42);
+    PN_CHECK(v == 42);
     atomic_store_explicit(&ctl->stop, 1, memory_order_release);
     pn_bell_ring(&ctl->bell);
-    CHECK(wait_child(pid) == 0);
+    PN_CHECK(pn_test_wait(pid) == 0);
     pn_shm_detach(&shm, 1);
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} cases[] = {
-    {"create_validate", test_create_validate},
-    {"ping_pong_sleeping", test_ping_pong_sleeping},
-    {"ping_pong_spinning", test_ping_pong_spinning},
-    {"steal_race", test_steal_race},
-    {"deadline_and_reset", test_deadline_and_reset},
+static const pn_test_case cases[] = {
+    PN_CASE(create_validate),
+    PN_CASE(ping_pong_sleeping),
+    PN_CASE(ping_pong_spinning),
+    PN_CASE(steal_race),
+    PN_CASE(deadline_and_reset),
+    {NULL, NULL},
 };
-#define NCASES (sizeof(cases) / sizeof(cases[0]))
 
-/* `prog --list`, `prog NAME`, or `prog` for every case in its own child. */
-int
-main(int argc, char **argv)
-{
-    if (argc > 1 && strcmp(argv[1], "--list") == 0) {
-        for (size_t i = 0; i < NCASES; i++) {
-            puts(cases[i].name);
-        }
-        return 0;
-    }
-    int failed = 0;
-    for (size_t i = 0; i < NCASES; i++) {
-        if (argc > 1 && strcmp(argv[1], cases[i].name) != 0) {
-            continue;
-        }
-        if (argc > 1) {
-            cases[i].fn();
-            return 0;
-        }
-        pid_t pid = fork_or_die();
-        if (pid == 0) {
-            cases[i].fn();
-            _exit(0);
-        }
-        int rc = wait_child(pid);
-        printf("%s %s\n", rc == 0 ? "ok  " : "FAIL", cases[i].name);
-        failed += rc != 0;
-    }
-    return failed != 0;
-}
+PN_TEST_MAIN(cases)
