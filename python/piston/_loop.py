@@ -27,6 +27,7 @@ from asyncio.log import logger
 
 from piston import _piston
 from piston._piston import Future as _PistonFuture
+from piston._loop_net import NetMixin
 
 try:
     import ssl
@@ -129,7 +130,7 @@ def _is_numeric_port(port):
     return False
 
 
-class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
+class Loop(NetMixin, _piston.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop written in C over epoll."""
 
     def __init__(self):
@@ -146,6 +147,7 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
         self._coroutine_origin_tracking_saved_depth = None
         self._current_handle = None
         self._watchdog = None
+        self._pn_init_net()
         env = os.environ.get("PISTON_WATCHDOG")
         if env:
             try:
@@ -295,6 +297,7 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
                 break
             self.remove_signal_handler(sig)
         self._close_self_pipe()
+        self._pn_close_net()
         self._pn_close()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -791,14 +794,16 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
         except (AttributeError, OSError, ValueError):
             fileno = None
         if fileno is not None and hasattr(os, "sendfile"):
-            return await self._sendfile_native(sock, file, fileno, offset,
-                                               count)
+            return await self._pn_sock_sendfile_native(sock, file, fileno,
+                                                       offset, count)
         if not fallback:
             raise asyncio.SendfileNotAvailableError(
                 "os.sendfile() is not available for this file")
-        return await self._sendfile_fallback(sock, file, offset, count)
+        return await self._pn_sock_sendfile_fallback(sock, file, offset,
+                                                         count)
 
-    async def _sendfile_native(self, sock, file, fileno, offset, count):
+    async def _pn_sock_sendfile_native(self, sock, file, fileno, offset,
+                                       count):
         try:
             size = os.fstat(fileno).st_size
         except OSError:
@@ -824,7 +829,7 @@ class Loop(_piston.LoopCore, asyncio.AbstractEventLoop):
             if sent[0] > 0 and hasattr(file, "seek"):
                 file.seek(offset + sent[0])
 
-    async def _sendfile_fallback(self, sock, file, offset, count):
+    async def _pn_sock_sendfile_fallback(self, sock, file, offset, count):
         if offset:
             file.seek(offset)
         blocksize = min(count, 65536) if count else 65536
