@@ -30,7 +30,8 @@
     X(str_data_received) X(str_eof_received) X(str_get_buffer)              \
     X(str_buffer_updated) X(str_connection_made) X(str_connection_lost)     \
     X(str_pause_writing) X(str_resume_writing) X(str_call_soon)             \
-    X(str_call_exception_handler) X(str_peername) X(minus_one)
+    X(str_call_exception_handler) X(str_peername) X(str_extra)         \
+    X(minus_one)
 
 static int
 module_traverse(PyObject *m, visitproc visit, void *arg)

@@ -86,6 +86,7 @@ typedef struct pn_state {
     PyObject *str_call_soon;
     PyObject *str_call_exception_handler;
     PyObject *str_peername;
+    PyObject *str_extra;
     PyObject *minus_one;
     /* Where reads land before they become bytes (PN_STREAM_MAX_SIZE,
      * allocated on first use, freed by module_free); used with the GIL

@@ -5,6 +5,7 @@
 #include "core/pn_fork.h"
 
 #include <structmember.h>
+#include <descrobject.h>
 
 /* Small helpers. */
 
@@ -396,6 +397,24 @@ stream_set_write_buffer_limits(pn_stream *self, PyObject *args,
                                      &high, &low)
         || set_limits(self, high, low) < 0
         || pn__stream_maybe_pause(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_maybe_pause_m(pn_stream *self, PyObject *Py_UNUSED(a))
+{
+    if (pn__stream_maybe_pause(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_maybe_resume_m(pn_stream *self, PyObject *Py_UNUSED(a))
+{
+    if (pn__stream_maybe_resume(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -969,6 +988,10 @@ static PyMethodDef stream_methods[] = {
      METH_NOARGS, NULL},
     {"get_write_buffer_size", (PyCFunction)stream_get_write_buffer_size,
      METH_NOARGS, NULL},
+    {"_maybe_pause_protocol", (PyCFunction)stream_maybe_pause_m, METH_NOARGS,
+     NULL},
+    {"_maybe_resume_protocol", (PyCFunction)stream_maybe_resume_m,
+     METH_NOARGS, NULL},
     {"_read_ready", (PyCFunction)pn__stream_read_ready, METH_NOARGS, NULL},
     {"_write_ready", (PyCFunction)pn__stream_write_ready, METH_NOARGS, NULL},
     {"_pn_start_reading", (PyCFunction)stream_start_reading, METH_NOARGS,
@@ -1000,15 +1023,16 @@ static PyType_Slot stream_slots[] = {
     {0, NULL},
 };
 
-/* _stream_setup(Transport, BufferedProtocol, TransportSocket, set_nodelay,
+/* _stream_setup(_FlowControlMixin, BufferedProtocol, TransportSocket, set_nodelay,
  * set_result_unless_cancelled, logger) -> the StreamTransport type, made
  * once asyncio is imported (piston._loop_net does it): its base is
- * asyncio.Transport so isinstance() holds. */
+ * asyncio's _FlowControlMixin, so isinstance(t, asyncio.Transport) holds. */
 static PyObject *
 stream_setup(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     pn_state *st = PyModule_GetState(m);
     PyTypeObject *base;
+    PyObject *descr;
     PyType_Spec spec = {
         .name = "piston.StreamTransport",
         .basicsize = sizeof(pn_stream),
@@ -1020,19 +1044,25 @@ stream_setup(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
     if (nargs != 6 || !PyType_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError,
-                        "_stream_setup(Transport, BufferedProtocol, "
+                        "_stream_setup(_FlowControlMixin, "
+                        "BufferedProtocol, "
                         "TransportSocket, set_nodelay, "
                         "set_result_unless_cancelled, logger)");
         return NULL;
     }
     base = (PyTypeObject *)args[0];
-    /* Our `extra` must land on BaseTransport's `_extra` slot. */
-    if (base->tp_basicsize != (Py_ssize_t)offsetof(pn_stream, dict)
+    /* Our `extra` must land on BaseTransport's `_extra` slot, and the
+     * base must hold nothing else we do not know of. */
+    descr = _PyType_Lookup(base, st->str_extra);
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)descr)->d_member->offset
+               != (Py_ssize_t)offsetof(pn_stream, extra)
+        || base->tp_basicsize != (Py_ssize_t)offsetof(pn_stream, dict)
         || base->tp_itemsize != 0 || base->tp_dictoffset != 0
         || base->tp_weaklistoffset != 0) {
         PyErr_Format(PyExc_TypeError,
-                     "asyncio.Transport's layout is not the expected one "
-                     "(basicsize %zd)", base->tp_basicsize);
+                     "%.200s's layout is not the expected one "
+                     "(basicsize %zd)", base->tp_name, base->tp_basicsize);
         return NULL;
     }
     tp = PyType_FromModuleAndSpec(m, &spec, args[0]);
@@ -1076,6 +1106,7 @@ pn_stream_exec(PyObject *m, pn_state *st)
     INTERN(str_call_soon, "call_soon");
     INTERN(str_call_exception_handler, "call_exception_handler");
     INTERN(str_peername, "peername");
+    INTERN(str_extra, "_extra");
     st->minus_one = PyLong_FromLong(-1);
     if (st->minus_one == NULL) {
         return -1;

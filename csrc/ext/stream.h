@@ -18,12 +18,16 @@ typedef struct pn_wchunk {
     Py_ssize_t off;             /* first unsent byte */
 } pn_wchunk;
 
-/* The type's base is asyncio.Transport, whose only field is the `_extra`
- * slot of BaseTransport: `extra` sits exactly there (checked when the type
- * is made), so asyncio's own get_extra_info works on it. */
+/* The type's base is asyncio.transports._FlowControlMixin (a Transport;
+ * asyncio's sendfile fallback insists on it), whose fields are __slots__:
+ * BaseTransport's `_extra` and four of the mixin's own.  `extra` sits
+ * exactly on `_extra` (checked when the type is made), so asyncio's own
+ * get_extra_info works on it; the mixin's four are shadowed by our
+ * attributes and stay NULL. */
 typedef struct pn_stream {
     PyObject_HEAD
     PyObject *extra;            /* BaseTransport._extra: always a dict */
+    PyObject *mixin_slots[4];   /* _FlowControlMixin's, unused */
     PyObject *dict;
     PyObject *weakreflist;
     pn_state *st;

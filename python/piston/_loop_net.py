@@ -15,17 +15,18 @@ import selectors
 import sys
 import threading
 import weakref
-import asyncio
 from asyncio import (base_events, constants, futures, protocols,
-                     selector_events, sslproto, trsock, unix_events)
+                     selector_events, sslproto, transports, trsock,
+                     unix_events)
 from asyncio.log import logger
 
 from piston import _piston
 
-# piston's C stream transport (csrc/ext/stream.c), a subclass of
-# asyncio.Transport made now that asyncio is imported.
+# piston's C stream transport (csrc/ext/stream.c), made now that asyncio is
+# imported: a subclass of asyncio.Transport through asyncio's
+# _FlowControlMixin, which loop.sendfile's fallback insists on.
 StreamTransport = _piston._stream_setup(
-    asyncio.Transport, protocols.BufferedProtocol, trsock.TransportSocket,
+    transports._FlowControlMixin, protocols.BufferedProtocol, trsock.TransportSocket,
     base_events._set_nodelay, futures._set_result_unless_cancelled, logger)
 StreamTransport._start_tls_compatible = True
 StreamTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
