@@ -243,8 +243,11 @@ def test_buffered_protocol_echo(loop):
     assert loop.errors == []
 
 
-def test_bytearray_written_is_copied(loop):
+def test_bytearray_written_is_copied(loop, kind):
     """A bytearray reused after write() must not change what is sent."""
+    if kind == "asyncio" and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+ queues a view of the caller's buffer")
+
     async def main():
         srv, sp, cp = await tcp_pair(loop)
         cp.transport.pause_reading()
@@ -499,7 +502,11 @@ def test_close_flushes_pending_data(loop):
     assert loop.errors == []
 
 
-def test_writes_after_close_and_lost(loop, caplog):
+def test_writes_after_close_and_lost(loop, kind, caplog):
+    # asyncio 3.12+ fails writelines() after close() with a TypeError
+    # (its write callback is gone); piston drops the data as write() does.
+    lines_ok = kind == "piston" or sys.version_info < (3, 12)
+
     async def main():
         srv, sp, cp = await tcp_pair(loop)
         t = cp.transport
@@ -509,7 +516,8 @@ def test_writes_after_close_and_lost(loop, caplog):
         with caplog.at_level(logging.WARNING, logger="asyncio"):
             for _ in range(10):
                 t.write(b"after lost")
-                t.writelines([b"after lost"])
+                if lines_ok:
+                    t.writelines([b"after lost"])
         assert "socket.send() raised exception." in caplog.text
         t.close()
         t.abort()
@@ -860,6 +868,8 @@ def test_unix_socket_echo(loop, tmp_path):
         t.write_eof()
         await sp.eof
         await shutdown(srv, cp, sp)
+        # 3.13 removes the socket file it created when the server closes.
+        assert os.path.exists(path) == (sys.version_info < (3, 13))
     run(loop, main())
     assert loop.errors == []
 

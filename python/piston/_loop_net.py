@@ -150,6 +150,7 @@ class NetMixin:
         self._transports = weakref.WeakValueDictionary()
         self._selector = _SelectorView(self)
         self._child_watches = {}
+        self._unix_server_sockets = {}  # 3.13's create_unix_server
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
