@@ -969,3 +969,28 @@ def test_transport_needs_piston_loop():
     finally:
         a.close()
         b.close()
+
+
+def test_finished_transport_freed_without_gc():
+    """After connection_lost nothing refers back to the transport: it goes
+    with its last reference, not at the next cycle collection."""
+    import weakref
+    loop = piston.new_event_loop()
+
+    async def main():
+        srv, sp, cp = await tcp_pair(loop)
+        refs = [weakref.ref(sp.transport), weakref.ref(cp.transport)]
+        cp.transport.write(b"x" * 100)
+        await sp.wait_bytes(100)
+        await shutdown(srv, sp, cp)
+        sp.transport = cp.transport = None
+        await asyncio.sleep(0)
+        return refs
+
+    gc.disable()
+    try:
+        refs = run(loop, main())
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+        loop.close()

@@ -263,6 +263,11 @@ pn__stream_call_connection_lost(pn_stream *self, PyObject *exc)
     }
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->loop);
+    /* The bound callbacks refer back to us: drop them so a finished
+     * transport is freed by refcount, not by the cycle collector.  One
+     * of them may be running; the loop's handle holds it meanwhile. */
+    Py_CLEAR(self->read_cb);
+    Py_CLEAR(self->write_cb);
     server = self->server;
     if (server != NULL) {
         int r = server_call(self, "_detach");
