@@ -83,7 +83,9 @@ class _ChildWatch:
             pid, status = os.waitpid(self._pid, flags)
         except ChildProcessError:
             # Reaped by someone else (a SIGCHLD handler, os.wait()): the
-            # exit status is gone, as asyncio reports it.
+            # exit status is gone; asyncio reports 255 and says so.
+            logger.warning("Unknown child process pid %d, will report "
+                           "returncode 255", self._pid)
             return 255
         if pid == 0:
             return None
