@@ -754,22 +754,6 @@ class Loop(NetMixin, _piston.LoopCore, asyncio.AbstractEventLoop):
         self._wait_fd(sock, True, attempt, fut)
         return await fut
 
-    def _stop_serving(self, sock):
-        """Stops accepting on a listening socket and closes it (asyncio's
-        selector loop has the same internal helper)."""
-        # 3.13's create_unix_server remembers the socket file it made, to
-        # remove it here if it is still the same file.
-        ino = self._unix_server_sockets.pop(sock, None)
-        path = sock.getsockname() if ino is not None else None
-        self.remove_reader(sock)
-        sock.close()
-        if path is not None:
-            try:
-                if os.stat(path).st_ino == ino:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-
     async def sock_accept(self, sock):
         def attempt():
             conn, address = sock.accept()
