@@ -994,3 +994,57 @@ def test_finished_transport_freed_without_gc():
     finally:
         gc.enable()
         loop.close()
+
+
+def test_debug_mode_logs_socket_errors(loop, caplog):
+    """In debug mode a peer's reset is logged at DEBUG (never ERROR)."""
+    loop.set_debug(True)
+
+    async def main():
+        sp = Rec(loop)
+        srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        raw = socket.create_connection(("127.0.0.1", port))
+        await sp.made
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                       struct.pack("ii", 1, 0))
+        raw.close()
+        assert isinstance(await sp.lost, ConnectionResetError)
+        srv.close()
+        await srv.wait_closed()
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        run(loop, main())
+    records = [r for r in caplog.records
+               if "Fatal read error on socket transport" in r.getMessage()]
+    assert records and all(r.levelno == logging.DEBUG for r in records)
+    assert records[0].exc_info is not None
+    assert loop.errors == []
+
+
+def test_abort_in_resume_writing_loses_once():
+    loop = piston.new_event_loop()
+
+    class P(Rec):
+        def resume_writing(self):
+            super().resume_writing()
+            self.transport.abort()
+
+    async def main():
+        srv, sp, cp = await tcp_pair(loop, P(loop))
+        cp.transport.pause_reading()
+        while "pause" not in sp.events:
+            sp.transport.write(b"k" * 65536)
+        cp.transport.resume_reading()
+        assert await sp.lost is None
+        await asyncio.sleep(0.05)
+        assert sp.events.count("lost") == 1
+        cp.transport.close()
+        await cp.lost
+        srv.close()
+        await srv.wait_closed()
+
+    try:
+        run(loop, main())
+    finally:
+        loop.close()

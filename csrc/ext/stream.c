@@ -46,17 +46,17 @@ pn__stream_check_fork(pn_stream *self)
     return 0;
 }
 
-/* logger.<level>(fmt, self[, exc_info=exc]) on asyncio's logger. */
 int
 pn__stream_log(pn_stream *self, const char *level, const char *fmt,
-               PyObject *exc_info)
+               const char *arg, PyObject *exc_info)
 {
     PyObject *meth, *args, *kw = NULL, *r;
     meth = PyObject_GetAttrString(self->st->aio_logger, level);
     if (meth == NULL) {
         return -1;
     }
-    args = Py_BuildValue("(sO)", fmt, (PyObject *)self);
+    args = arg ? Py_BuildValue("(sOs)", fmt, (PyObject *)self, arg)
+               : Py_BuildValue("(sO)", fmt, (PyObject *)self);
     if (args != NULL && exc_info != NULL) {
         kw = Py_BuildValue("{sO}", "exc_info", exc_info);
         if (kw == NULL) {
@@ -140,12 +140,9 @@ pn__stream_fatal_error(pn_stream *self, PyObject *exc, const char *msg)
 {
     /* Socket errors are the peer's doing: logged in debug mode only. */
     if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_OSError)) {
-        if (self->loop != NULL && self->loop->debug) {
-            char fmt[200];
-            PyOS_snprintf(fmt, sizeof(fmt), "%%r: %s", msg);
-            if (pn__stream_log(self, "debug", fmt, exc) < 0) {
-                return -1;
-            }
+        if (self->loop != NULL && self->loop->debug
+            && pn__stream_log(self, "debug", "%r: %s", msg, exc) < 0) {
+            return -1;
         }
     }
     else if (report(self, exc, msg) < 0) {
@@ -463,7 +460,8 @@ stream_pause_reading(pn_stream *self, PyObject *Py_UNUSED(a))
     self->paused = 1;
     if (pn__loop_remove_fd(self->loop, self->fd, 0) < 0
         || (self->loop->debug
-            && pn__stream_log(self, "debug", "%r pauses reading", NULL)
+            && pn__stream_log(self, "debug", "%r pauses reading", NULL,
+                              NULL)
                    < 0)) {
         return NULL;
     }
@@ -482,7 +480,8 @@ stream_resume_reading(pn_stream *self, PyObject *Py_UNUSED(a))
     self->paused = 0;
     if (pn__loop_add_fd(self->loop, self->fd, 0, self->read_cb) < 0
         || (self->loop->debug
-            && pn__stream_log(self, "debug", "%r resumes reading", NULL)
+            && pn__stream_log(self, "debug", "%r resumes reading", NULL,
+                              NULL)
                    < 0)) {
         return NULL;
     }
@@ -1028,8 +1027,8 @@ static PyType_Slot stream_slots[] = {
     {0, NULL},
 };
 
-/* _stream_setup(_FlowControlMixin, BufferedProtocol, TransportSocket, set_nodelay,
- * set_result_unless_cancelled, logger) -> the StreamTransport type, made
+/* _stream_setup(_FlowControlMixin, BufferedProtocol, TransportSocket,
+ * set_nodelay, set_result_unless_cancelled, logger) -> the StreamTransport type, made
  * once asyncio is imported (piston._loop_net does it): its base is
  * asyncio's _FlowControlMixin, so isinstance(t, asyncio.Transport) holds. */
 static PyObject *

@@ -72,8 +72,10 @@ int pn__stream_call_connection_lost(pn_stream *self, PyObject *exc);
 int pn__stream_maybe_pause(pn_stream *self);
 int pn__stream_maybe_resume(pn_stream *self);
 int pn__stream_check_fork(pn_stream *self);
+/* logger.<level>(fmt, self[, arg], exc_info=exc_info) on asyncio's
+ * logger; arg and exc_info may be NULL. */
 int pn__stream_log(pn_stream *self, const char *level, const char *fmt,
-                   PyObject *exc_info);
+                   const char *arg, PyObject *exc_info);
 /* The exception being raised, normalised; cleared. */
 PyObject *pn__stream_fetch(void);
 /* A protocol callback raised: SystemExit/KeyboardInterrupt stay set (-1),

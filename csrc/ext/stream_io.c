@@ -65,7 +65,8 @@ on_eof(pn_stream *self)
     int keep_open;
 
     if (self->loop->debug
-        && pn__stream_log(self, "debug", "%r received EOF", NULL) < 0) {
+        && pn__stream_log(self, "debug", "%r received EOF", NULL, NULL)
+               < 0) {
         return NULL;
     }
     Py_INCREF(proto);
@@ -441,6 +442,11 @@ pn__stream_write_ready(pn_stream *self, PyObject *Py_UNUSED(unused))
     wq_consume(self, n);
     if (pn__stream_maybe_resume(self) < 0) {    /* may write more */
         return NULL;
+    }
+    if (self->conn_lost) {
+        /* resume_writing() aborted: connection_lost is already on its
+         * way, with the right exception. */
+        Py_RETURN_NONE;
     }
     if (pn_stream_wq_empty(self) && self->loop != NULL
         && on_drained(self) < 0) {
