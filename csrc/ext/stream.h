@@ -64,7 +64,7 @@ pn_stream_wq_empty(const pn_stream *s)
     return s->wq_head == s->wq_end;
 }
 
-/* stream.c, for stream_io.c */
+/* stream_close.c */
 int pn__stream_fatal_error(pn_stream *self, PyObject *exc, const char *msg);
 int pn__stream_force_close(pn_stream *self, PyObject *exc);
 int pn__stream_close(pn_stream *self);
@@ -82,6 +82,12 @@ PyObject *pn__stream_fetch(void);
  * anything else is a fatal error of the transport (0, or -1). */
 int pn__stream_protocol_failed(pn_stream *self, const char *msg);
 void pn__stream_wq_clear(pn_stream *self);
+/* loop.call_soon(cb[, arg]); 0 or -1. */
+int pn__stream_call_soon(pn_stream *self, PyObject *cb, PyObject *arg);
+/* server._attach()/_detach() (3.13: with the transport); 0 or -1. */
+int pn__stream_server_call(pn_stream *self, const char *method);
+/* Closes the socket object and forgets it; 0 or -1. */
+int pn__stream_close_sock(pn_stream *self);
 
 /* stream_io.c */
 PyObject *pn__stream_read_ready(pn_stream *self, PyObject *unused);
