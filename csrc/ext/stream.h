@@ -5,6 +5,7 @@
 #define PN_STREAM_H
 
 #include "ext/loop.h"
+#include "core/pn_fork.h"
 
 /* Bytes read at most per readable event, as asyncio's max_size. */
 #define PN_STREAM_MAX_SIZE (256 * 1024)
@@ -64,6 +65,20 @@ pn_stream_wq_empty(const pn_stream *s)
     return s->wq_head == s->wq_end;
 }
 
+/* A transport inherited through fork() shares its socket and the epoll
+ * instance with the parent: using it would corrupt the parent's stream. */
+static inline int
+pn__stream_check_fork(pn_stream *self)
+{
+    if (self->fork_gen != pn_fork_generation()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this transport was created in the parent process "
+                        "and cannot be used after fork()");
+        return -1;
+    }
+    return 0;
+}
+
 /* stream_close.c */
 int pn__stream_fatal_error(pn_stream *self, PyObject *exc, const char *msg);
 int pn__stream_force_close(pn_stream *self, PyObject *exc);
@@ -71,7 +86,6 @@ int pn__stream_close(pn_stream *self);
 int pn__stream_call_connection_lost(pn_stream *self, PyObject *exc);
 int pn__stream_maybe_pause(pn_stream *self);
 int pn__stream_maybe_resume(pn_stream *self);
-int pn__stream_check_fork(pn_stream *self);
 /* logger.<level>(fmt, self[, arg], exc_info=exc_info) on asyncio's
  * logger; arg and exc_info may be NULL. */
 int pn__stream_log(pn_stream *self, const char *level, const char *fmt,

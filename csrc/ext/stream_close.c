@@ -32,18 +32,6 @@ is_fatal_exception(void)
 }
 
 int
-pn__stream_check_fork(pn_stream *self)
-{
-    if (self->fork_gen != pn_fork_generation()) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this transport was created in the parent process "
-                        "and cannot be used after fork()");
-        return -1;
-    }
-    return 0;
-}
-
-int
 pn__stream_log(pn_stream *self, const char *level, const char *fmt,
                const char *arg, PyObject *exc_info)
 {

@@ -521,7 +521,13 @@ pn__stream_write(pn_stream *self, PyObject *data)
     if (r <= 0) {
         return r < 0 ? NULL : Py_NewRef(Py_None);
     }
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+    if (PyBytes_CheckExact(data)) {
+        /* The common case, without the buffer protocol's overhead. */
+        view.buf = PyBytes_AS_STRING(data);
+        view.len = PyBytes_GET_SIZE(data);
+        view.obj = NULL;
+    }
+    else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     if (view.len == 0) {
