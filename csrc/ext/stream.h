@@ -47,6 +47,7 @@ typedef struct pn_stream {
     Py_ssize_t high_water;
     Py_ssize_t low_water;
     Py_ssize_t max_size;
+    Py_ssize_t last_read;       /* bytes the last Protocol read got */
     uint64_t fork_gen;
     int fd;
     int conn_lost;              /* connection_lost scheduled; then counts
