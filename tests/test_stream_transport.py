@@ -629,6 +629,44 @@ def test_peer_reset_mid_write(loop):
     assert loop.errors == []
 
 
+def test_write_to_closed_peer_epipe(loop):
+    """The peer closes; we keep the connection half-open and write until
+    the kernel refuses (EPIPE/ECONNRESET): connection_lost(exc), no log."""
+    async def main():
+        sp = Rec(loop)
+        sp.eof_result = True
+        srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        raw = socket.create_connection(("127.0.0.1", port))
+        await sp.made
+        raw.close()
+        await sp.eof
+        for _ in range(1000):
+            if sp.lost.done():
+                break
+            sp.transport.write(b"p" * 1000)
+            await asyncio.sleep(0.005)
+        exc = await sp.lost
+        assert isinstance(exc, (BrokenPipeError, ConnectionResetError))
+        srv.close()
+        await srv.wait_closed()
+    run(loop, main())
+    assert loop.errors == []
+
+
+def test_unconnected_socket_enotconn(loop):
+    async def main():
+        sock = socket.socket()
+        sock.setblocking(False)
+        p = Rec(loop)
+        t = loop._make_socket_transport(sock, p)
+        assert t.get_extra_info("peername") is None
+        exc = await p.lost
+        assert isinstance(exc, OSError) and exc.errno == errno.ENOTCONN
+    run(loop, main())
+    assert loop.errors == []
+
+
 def test_peer_reset_while_reading(loop):
     async def main():
         sp = Rec(loop)
