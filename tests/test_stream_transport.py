@@ -118,6 +118,8 @@ def test_flow_control(loop):
         assert t.get_write_buffer_limits() == (100, 400)
         t.set_write_buffer_limits(low=100)
         assert t.get_write_buffer_limits() == (100, 400)
+        t.set_write_buffer_limits(high=1000.0)
+        assert t.get_write_buffer_limits() == (250, 1000)
         t.set_write_buffer_limits()
         assert t.get_write_buffer_limits() == (16384, 65536)
         with pytest.raises(ValueError):

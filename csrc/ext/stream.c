@@ -8,21 +8,33 @@
 #include <descrobject.h>
 #include <structmember.h>
 
+/* A limit as a byte count: ints, and floats as asyncio also takes them. */
+static int
+limit_value(PyObject *o, Py_ssize_t *out)
+{
+    if (PyFloat_Check(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (!(d > -9e18 && d < 9e18)) {
+            PyErr_SetString(PyExc_OverflowError, "limit out of range");
+            return -1;
+        }
+        *out = (Py_ssize_t)d;
+        return 0;
+    }
+    *out = PyNumber_AsSsize_t(o, PyExc_OverflowError);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 static int
 set_limits(pn_stream *self, PyObject *high_o, PyObject *low_o)
 {
     Py_ssize_t high = 0, low = 0;
-    if (high_o != NULL && high_o != Py_None) {
-        high = PyNumber_AsSsize_t(high_o, PyExc_OverflowError);
-        if (high == -1 && PyErr_Occurred()) {
-            return -1;
-        }
+    if (high_o != NULL && high_o != Py_None
+        && limit_value(high_o, &high) < 0) {
+        return -1;
     }
-    if (low_o != NULL && low_o != Py_None) {
-        low = PyNumber_AsSsize_t(low_o, PyExc_OverflowError);
-        if (low == -1 && PyErr_Occurred()) {
-            return -1;
-        }
+    if (low_o != NULL && low_o != Py_None && limit_value(low_o, &low) < 0) {
+        return -1;
     }
     if (high_o == NULL || high_o == Py_None) {
         high = (low_o == NULL || low_o == Py_None) ? 64 * 1024 : 4 * low;
