@@ -696,3 +696,26 @@ def test_connection_lost_once_with_close_and_abort(loop):
         await srv.wait_closed()
     run(loop, main())
     assert loop.errors == []
+
+
+def test_writelines_bad_buffer_keeps_earlier_items(loop, kind):
+    """An item whose buffer cannot be taken (non-contiguous) raises; the
+    transport stays usable and nothing is lost or stuck."""
+    if kind == "asyncio" and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+ queues the view and fails the "
+                    "connection when sending it")
+
+    async def main():
+        srv, sp, cp = await tcp_pair(loop)
+        bad = memoryview(bytearray(b"0123456789"))[::2]
+        with pytest.raises((TypeError, BufferError, ValueError)):
+            cp.transport.writelines([b"first", bad])
+        cp.transport.write(b"second")
+        data = await sp.wait_bytes(6)
+        await asyncio.sleep(0.05)
+        assert bytes(sp.data) in (b"second", b"firstsecond")
+        if kind == "piston":
+            assert bytes(sp.data) == b"firstsecond"
+        await shutdown(srv, sp, cp)
+        return data
+    run(loop, main())

@@ -530,14 +530,7 @@ stream_finalize(pn_stream *self)
         }
     }
 #endif
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(exc);
-#else
-    if (exc != NULL) {
-        PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc,
-                      PyException_GetTraceback(exc));
-    }
-#endif
+    pn__stream_restore(exc);
 }
 
 static int

@@ -80,6 +80,22 @@ pn__stream_check_fork(pn_stream *self)
     return 0;
 }
 
+/* Sets exc (a reference taken over; NULL: nothing) as the exception being
+ * raised, the inverse of pn__stream_fetch. */
+static inline void
+pn__stream_restore(PyObject *exc)
+{
+    if (exc == NULL) {
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+#endif
+}
+
 /* stream_close.c */
 int pn__stream_fatal_error(pn_stream *self, PyObject *exc, const char *msg);
 int pn__stream_force_close(pn_stream *self, PyObject *exc);

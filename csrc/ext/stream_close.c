@@ -263,12 +263,7 @@ pn__stream_call_connection_lost(pn_stream *self, PyObject *exc)
         }
     }
     if (err != NULL) {
-#if PY_VERSION_HEX >= 0x030C0000
-        PyErr_SetRaisedException(err);
-#else
-        PyErr_Restore(Py_NewRef(Py_TYPE(err)), err,
-                      PyException_GetTraceback(err));
-#endif
+        pn__stream_restore(err);
         return -1;
     }
     if (self->empty_waiter != NULL) {

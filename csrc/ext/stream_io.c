@@ -623,13 +623,13 @@ pn__stream_writelines(pn_stream *self, PyObject *seq)
         Py_buffer view;
         if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
             Py_DECREF(fast);
-            return NULL;
+            goto failed;
         }
         r = view.len > 0 ? wq_append(self, item, &view, 0) : 0;
         PyBuffer_Release(&view);
         if (r < 0) {
             Py_DECREF(fast);
-            return NULL;
+            goto failed;
         }
     }
     Py_DECREF(fast);
@@ -653,6 +653,20 @@ pn__stream_writelines(pn_stream *self, PyObject *seq)
         }
     }
     Py_RETURN_NONE;
+
+failed:
+    /* An item that would not give a contiguous buffer: what was queued
+     * before it still goes out. */
+    if (was_empty && !pn_stream_wq_empty(self)) {
+        PyObject *exc = pn__stream_fetch();
+        int r2 = pn__loop_add_fd(self->loop, self->fd, 1, self->write_cb);
+        if (r2 < 0) {
+            Py_XDECREF(exc);
+            return NULL;
+        }
+        pn__stream_restore(exc);
+    }
+    return NULL;
 }
 
 PyObject *
