@@ -28,6 +28,9 @@ PEER = "uvloop" if HAVE_UVLOOP else "asyncio"
 TARGET_VS_PEER = 1.3 if HAVE_UVLOOP else None
 TARGET_VS_C = 0.5
 
+# A load generator busier than this (fraction of its CPU) may be the limit.
+BUSY_CLIENT = 0.9
+
 KiB, MiB = 1024, 1024 * 1024
 STYLES = {"protocol": "Protocol", "buffered": "BufferedProtocol",
           "streams": "streams"}
@@ -76,7 +79,7 @@ def _median(samples: List[float]) -> Optional[float]:
 
 
 def _error_row(case: str, unit: str, why: str) -> Row:
-    return Row("", case, unit, {}, note=f"not measured: {why}")
+    return Row("", f"{case}: not measured", unit, {}, note=why)
 
 
 def _open(stack, kinds, style, unix, errors) -> Dict[str, procs.Server]:
@@ -146,10 +149,12 @@ def _echo(h, style: str, unix: bool, with_c: bool,
                     r = procs.netload(server.address, conns, size, seconds,
                                       cpu)
                     return {"value": r["messages_per_s"],
-                            "bytes": r["bytes_per_s"]}
+                            "bytes": r["bytes_per_s"],
+                            "client": r["client_cpu"]}
                 except (procs.BenchError, procs.Unavailable) as e:
                     failed.setdefault(names[server.kind], str(e))
-                    return {"value": math.nan, "bytes": math.nan}
+                    return {"value": math.nan, "bytes": math.nan,
+                            "client": math.nan}
 
             res = h.compare(pools, one_round) if pools else None
             values, samples = (_measured(res, list(pools))
@@ -172,13 +177,19 @@ def _echo_rows(style, unix, size, conns, values, samples, res,
     if p is not None and c_ref is not None:
         of_c = (f"piston {100 * p / c_ref:.0f}% of the C server"
                 + ("" if c is not None else " (its Protocol row)"))
-    bytes_note = ""
+    bytes_note = busy = ""
     if p is not None and res is not None:
         mb = _median(res.samples["piston"]["bytes"]) / 1e6
         bytes_note = f"piston {mb:,.0f} MB/s echoed"
+        # One client CPU drives every server: say when it, not the
+        # server, may have set the pace.
+        cpu = _median(res.samples["piston"]["client"])
+        if cpu is not None and cpu > BUSY_CLIENT:
+            busy = (f"the load generator was {cpu:.0%} busy with piston: "
+                    "near its own limit")
     rows = [Row("", case, "msg/s", values, baseline=PEER,
                 target=TARGET_VS_PEER, samples=samples,
-                note=_notes(of_c, bytes_note, _errors_note(errors)))]
+                note=_notes(of_c, bytes_note, busy, _errors_note(errors)))]
     if style == "protocol" and not unix and size == KiB:
         both = {k: values[k] for k in (C, "piston") if k in values}
         rows.append(Row("", f"{case}: piston / C server", "msg/s", both,

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -62,6 +63,16 @@ fail(const char *what)
 {
     fprintf(stderr, "netload: %s\n", what);
     exit(1);
+}
+
+/* CPU seconds this process has used, to tell whether it was the limit. */
+static double
+cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec)
+           + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
 static double
@@ -234,7 +245,7 @@ main(int argc, char **argv)
 {
     const char *tcp = NULL, *unix_path = NULL;
     int nconn = 1, opt, ep, active;
-    double duration = 0, t0, t_end, stop_at, last_echo;
+    double duration = 0, t0, t_end, stop_at, last_echo, cpu0;
     unsigned long long count = 0, done = 0;
     struct conn *conns;
     struct epoll_event evs[256];
@@ -287,6 +298,7 @@ main(int argc, char **argv)
         }
     }
 
+    cpu0 = cpu_seconds();
     t0 = now();
     t_end = t0;
     stop_at = duration > 0 ? t0 + duration : 0;
@@ -355,6 +367,8 @@ main(int argc, char **argv)
             }
         }
     }
+    /* Busy fraction of one CPU over the whole run, drain included. */
+    double busy = (cpu_seconds() - cpu0) / (now() - t0);
     for (int i = 0; i < nconn; i++) {
         close(conns[i].fd);
         free(conns[i].msg);
@@ -362,10 +376,10 @@ main(int argc, char **argv)
     double secs = t_end - t0;
     printf("{\"messages\": %llu, \"bytes\": %llu, \"seconds\": %.6f, "
            "\"connections\": %d, \"size\": %zu, \"messages_per_s\": %.1f, "
-           "\"bytes_per_s\": %.1f}\n",
+           "\"bytes_per_s\": %.1f, \"client_cpu\": %.3f}\n",
            done, done * (unsigned long long)msg_size, secs, nconn, msg_size,
            secs > 0 ? (double)done / secs : 0.0,
-           secs > 0 ? (double)done * (double)msg_size / secs : 0.0);
+           secs > 0 ? (double)done * (double)msg_size / secs : 0.0, busy);
     free(conns);
     free(scratch);
     free(shared_msg);
