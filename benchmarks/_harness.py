@@ -231,9 +231,11 @@ def machine_line(info: Dict[str, Any]) -> str:
 
 # --- output ----------------------------------------------------------------
 
-RATIO_NOTE = ("ratio: higher is better for piston; piston/stdlib for rates, "
-              "stdlib/piston for latencies, piston's own 2-worker/1-worker "
-              "for scaling rows")
+RATIO_NOTE = ("ratio: higher is better for piston; piston/baseline for "
+              "rates, baseline/piston for latencies, where the baseline is "
+              "the stdlib unless the suite names a peer (uvloop for the "
+              "loop and net suites); piston's own 2-worker/1-worker for "
+              "scaling rows")
 
 
 def fmt_value(v: Optional[float], unit: str) -> str:
