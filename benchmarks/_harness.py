@@ -304,8 +304,9 @@ def markdown(rows: List[Row], info: Dict[str, Any]) -> str:
              "|" + "|".join("---" if i < 2 else "---:"
                             for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in _cells(rows, impls)]
-    return "\n".join(lines + _notes(rows, "- ") + ["", RATIO_NOTE + ".",
-                               f"Measured on: {machine_line(info)}."])
+    return "\n".join(lines + _notes(rows, "- ")
+                     + ["", RATIO_NOTE + ".",
+                        f"Measured on: {machine_line(info)}."])
 
 
 def as_json(rows: List[Row], info: Dict[str, Any], **extra: Any) -> str:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -60,7 +59,7 @@ def pinned(cpu: Optional[int]) -> Iterator[None]:
         os.sched_setaffinity(0, old)
 
 
-# --- compiled helpers ----------------------------------------------------------
+# --- compiled helpers ---------------------------------------------------
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -113,7 +112,7 @@ def _tail(text: str, n: int = 1500) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
-# --- wrk -------------------------------------------------------------------------
+# --- wrk ----------------------------------------------------------------
 
 _wrk: Dict[str, object] = {}
 
@@ -164,7 +163,7 @@ def _apt_install(pkg: str):
     return None, f"{pkg} is not installed and apt-get could not install it"
 
 
-# --- servers ---------------------------------------------------------------------
+# --- servers ------------------------------------------------------------
 
 @dataclasses.dataclass
 class Address:
@@ -295,7 +294,7 @@ class Server:
         return f"the {self.kind} {self.style} server"
 
 
-# --- clients ---------------------------------------------------------------------
+# --- clients ------------------------------------------------------------
 
 def netload(addr: Address, conns: int, size: int, seconds: float,
             cpu: Optional[int], verify: bool = False) -> Dict[str, float]:
