@@ -268,6 +268,21 @@ class Server:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def cpu_ns(self) -> Optional[int]:
+        """CPU time the server has used so far, all its threads, in ns
+        (None when /proc does not say)."""
+        if self.proc is None:
+            return None
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+            for tid in tasks:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return total
+
     def restart(self) -> None:
         """A server that died (a crash under test) gets a new process."""
         self.restarts += 1
@@ -311,6 +326,7 @@ def netload(addr: Address, conns: int, size: int, seconds: float,
 
 
 _WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.M)
 _WRK_PCT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _WRK_BAD = re.compile(r"^\s+Non-2xx or 3xx responses:\s+(\d+)", re.M)
 _WRK_ERR = re.compile(r"^\s+Socket errors:.*$", re.M)
@@ -335,6 +351,9 @@ def run_wrk(port: int, conns: int, seconds: int,
         raise BenchError("wrk: " + err.group(0).strip())
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     res = {"value": float(m.group(1))}
+    total = _WRK_TOTAL.search(out)
+    if total is not None:
+        res["requests"] = float(total.group(1))
     for pct, num, unit in _WRK_PCT.findall(out):
         res[f"p{pct}_ms"] = float(num) * scale[unit]
     return res

@@ -109,6 +109,35 @@ def _measured(res, names) -> Tuple[Dict[str, float], Dict]:
     return values, samples
 
 
+def _with_cpu(server, run):
+    """run()'s result and the server CPU time it cost, in microseconds."""
+    before = server.cpu_ns()
+    result = run()
+    after = server.cpu_ns()
+    if before is None or after is None:
+        return result, math.nan
+    return result, (after - before) / 1e3
+
+
+def _per(us: float, count: float) -> float:
+    return us / count if count else math.nan
+
+
+def _cpu_note(res, what: str) -> str:
+    """Server CPU per message, for each implementation: a measure that
+    other work on a shared machine disturbs less than the rate does."""
+    if res is None:
+        return ""
+    parts = []
+    for name, metrics in res.samples.items():
+        us = _median(metrics.get("cpu_us", []))
+        if us is not None:
+            parts.append(f"{name} {us:.3g}")
+    if not parts:
+        return ""
+    return f"server CPU us per {what}: " + ", ".join(parts)
+
+
 def _notes(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
@@ -146,15 +175,16 @@ def _echo(h, style: str, unix: bool, with_c: bool,
                 try:
                     if not server.alive():
                         server.restart()
-                    r = procs.netload(server.address, conns, size, seconds,
-                                      cpu)
+                    r, us = _with_cpu(server, lambda: procs.netload(
+                        server.address, conns, size, seconds, cpu))
                     return {"value": r["messages_per_s"],
                             "bytes": r["bytes_per_s"],
-                            "client": r["client_cpu"]}
+                            "client": r["client_cpu"],
+                            "cpu_us": _per(us, r["messages"])}
                 except (procs.BenchError, procs.Unavailable) as e:
                     failed.setdefault(names[server.kind], str(e))
-                    return {"value": math.nan, "bytes": math.nan,
-                            "client": math.nan}
+                    return dict.fromkeys(("value", "bytes", "client",
+                                          "cpu_us"), math.nan)
 
             res = h.compare(pools, one_round) if pools else None
             values, samples = (_measured(res, list(pools))
@@ -189,7 +219,8 @@ def _echo_rows(style, unix, size, conns, values, samples, res,
                     "near its own limit")
     rows = [Row("", case, "msg/s", values, baseline=PEER,
                 target=TARGET_VS_PEER, samples=samples,
-                note=_notes(of_c, bytes_note, busy, _errors_note(errors)))]
+                note=_notes(of_c, bytes_note, _cpu_note(res, "message"),
+                            busy, _errors_note(errors)))]
     if style == "protocol" and not unix and size == KiB:
         both = {k: values[k] for k in (C, "piston") if k in values}
         rows.append(Row("", f"{case}: piston / C server", "msg/s", both,
@@ -249,10 +280,14 @@ def http(h):
                 try:
                     if not server.alive():
                         server.restart()
-                    return procs.run_wrk(server.address.port, conns, 1, cpu)
+                    r, us = _with_cpu(server, lambda: procs.run_wrk(
+                        server.address.port, conns, 1, cpu))
+                    r["cpu_us"] = _per(us, r.pop("requests", 0))
+                    return r
                 except (procs.BenchError, procs.Unavailable) as e:
                     failed.setdefault(server.kind, str(e))
-                    return {"value": math.nan}
+                    return dict.fromkeys(("value", "p50_ms", "p99_ms",
+                                          "cpu_us"), math.nan)
 
             res = h.compare(pools, one_round) if pools else None
             values, samples = (_measured(res, list(pools))
@@ -266,8 +301,9 @@ def http(h):
             rows.append(Row("", f"HTTP/1.1 keep-alive, wrk -c{conns}",
                             "req/s", values, baseline=PEER,
                             target=TARGET_VS_PEER, samples=samples,
-                            note=_notes(lat, _errors_note(
-                                {**errors, **failed}))))
+                            note=_notes(_cpu_note(res, "request"), lat,
+                                        _errors_note({**errors,
+                                                      **failed}))))
     h.where = base
     return rows
 

@@ -163,6 +163,11 @@ echo(int ep, struct conn *c)
         }
         c->len = (size_t)n;
         r = flush(c);
+        if (r == 0 && n < BUF_SIZE) {
+            /* Short read: the socket is most likely empty, and epoll is
+             * level-triggered, so skip the recv that would say EAGAIN. */
+            break;
+        }
     }
     if (r < 0) {
         drop(c);
