@@ -102,10 +102,10 @@ def _measured(res, names) -> Tuple[Dict[str, float], Dict]:
         got = res.samples.get(name, {}).get("value")
         if got is None:
             continue
-        m = _median(got)
-        if m is not None:
-            values[name] = m
-            samples[name] = got
+        good = [v for v in got if not math.isnan(v)]
+        if good:
+            values[name] = median(good)
+            samples[name] = good
     return values, samples
 
 
