@@ -135,6 +135,25 @@ def make_event(_cleanup):
     return make
 
 
+# Where the hang guard writes: the terminal's stderr, not the file pytest
+# captures fd 2 into (the guard exits the process at once, so a captured
+# dump would never be shown).
+_HANG_DUMP_FILE = None
+
+
+def pytest_configure(config):
+    global _HANG_DUMP_FILE
+    capman = config.pluginmanager.getplugin("capturemanager")
+    try:
+        fd = capman._global_capturing.err.targetfd_save  # pytest internals
+    except AttributeError:
+        fd = None
+    if fd is None:
+        _HANG_DUMP_FILE = sys.__stderr__
+    else:
+        _HANG_DUMP_FILE = os.fdopen(os.dup(fd), "w", closefd=True)
+
+
 def _alive_extra(baseline):
     return [t for t in threading.enumerate()
             if t not in baseline and t.is_alive()]
@@ -144,7 +163,8 @@ def _alive_extra(baseline):
 def _no_thread_leak():
     """Fails the test if it leaves threads behind (after a grace period),
     and aborts the whole run with tracebacks if the test hangs."""
-    faulthandler.dump_traceback_later(HANG_GUARD_S, exit=True)
+    faulthandler.dump_traceback_later(HANG_GUARD_S, exit=True,
+                                      file=_HANG_DUMP_FILE or sys.__stderr__)
     baseline = set(threading.enumerate())
     base_count = threading.active_count()
     try:
