@@ -8,6 +8,7 @@ import os
 import pytest
 
 import piston
+from test_loop import kind  # noqa: F401 - fixture: "asyncio" or "piston"
 
 # The longest any one network scenario may take before it is a failure.
 T = 60
@@ -20,7 +21,6 @@ REQUIRED = os.environ.get("PISTON_REQUIRE") == "1"
 # python/ or the installed package).
 PYPATH = os.path.dirname(os.path.dirname(os.path.abspath(piston.__file__)))
 
-KINDS = ["asyncio", "piston"]
 
 
 def require(name):
@@ -41,11 +41,6 @@ def new_loop(kind):
 def loop_factory_path(kind):
     """What `uvicorn --loop` takes to build this kind of loop."""
     return "asyncio" if kind == "asyncio" else "piston:new_event_loop"
-
-
-@pytest.fixture(params=KINDS)
-def kind(request):
-    return request.param
 
 
 @pytest.fixture
