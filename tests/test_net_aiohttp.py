@@ -80,7 +80,7 @@ def server(loop, where, tmp_path):
         base, uds = None, None
     run(loop, site.start())
     if base is None:
-        port = site._server.sockets[0].getsockname()[1]
+        port = runner.addresses[0][1]
         host = "[::1]" if where == "::1" else where
         base = f"http://{host}:{port}"
     yield base, uds

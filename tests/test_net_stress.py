@@ -219,8 +219,11 @@ def test_random_sizes_and_pauses(loop, seed):
     """Random write sizes, random read-buffer sizes (BufferedProtocol) and
     random pause_reading/resume_reading: the receiver must see exactly the
     sent byte sequence, and nothing at all while paused."""
-    rng = random.Random(seed)
-    stream = rng.randbytes(8 << 20)
+    # One generator per decision maker: each one's choices are the same on
+    # every run, however the loop interleaves them.
+    stream = random.Random(seed).randbytes(8 << 20)
+    rx_rng, tx_rng, pause_rng = (random.Random(f"{seed}-{role}")
+                                 for role in ("rx", "tx", "pause"))
     state = {"paused": False, "calls": 0, "while_paused": 0}
     received = bytearray()
 
@@ -232,7 +235,7 @@ def test_random_sizes_and_pauses(loop, seed):
             rx_transport.set_result(transport)
 
         def get_buffer(self, sizehint):
-            self.buf = bytearray(rng.randint(1, 65536))
+            self.buf = bytearray(rx_rng.randint(1, 65536))
             return self.buf
 
         def buffer_updated(self, nbytes):
@@ -259,23 +262,23 @@ def test_random_sizes_and_pauses(loop, seed):
         pos = 0
         while pos < len(stream):
             await tx.can_write.wait()
-            n = rng.choice([1, 7, 1000, 65536, 300000])
-            kind_ = rng.choice([bytes, bytearray, memoryview])
+            n = tx_rng.choice([1, 7, 1000, 65536, 300000])
+            kind_ = tx_rng.choice([bytes, bytearray, memoryview])
             tr.write(kind_(stream[pos:pos + n]))
             pos += n
-            if rng.random() < 0.3:
+            if tx_rng.random() < 0.3:
                 await asyncio.sleep(0)
         tr.write_eof()
 
     async def toggle(rx_tr, sending):
         while not sending.done():
-            for _ in range(rng.randint(0, 5)):
+            for _ in range(pause_rng.randint(0, 5)):
                 await asyncio.sleep(0)
             rx_tr.pause_reading()
             state["paused"] = True
             assert not rx_tr.is_reading()
             before = state["calls"]
-            for _ in range(rng.randint(1, 5)):
+            for _ in range(pause_rng.randint(1, 5)):
                 await asyncio.sleep(0)
             await asyncio.sleep(0.001)
             assert state["calls"] == before
@@ -290,7 +293,7 @@ def test_random_sizes_and_pauses(loop, seed):
         server = await loop.create_server(lambda: rx, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, tx = await loop.create_connection(Tx, "127.0.0.1", port)
-        tr.set_write_buffer_limits(high=rng.choice([1, 4096, 1 << 20]))
+        tr.set_write_buffer_limits(high=tx_rng.choice([1, 4096, 1 << 20]))
         rx_tr = await rx_transport
         sending = asyncio.ensure_future(send(tr, tx))
         await asyncio.gather(sending, toggle(rx_tr, sending))
