@@ -69,6 +69,11 @@ def server(loop, where, tmp_path):
     app = web.Application(client_max_size=BIG * 2)
     app.router.add_post("/echo", _echo)
     app.router.add_get("/blob", _blob_handler)
+    # A file: aiohttp sends it with loop.sendfile() (os.sendfile, or the
+    # loop's fallback when the transport cannot).
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "file.bin").write_bytes(_blob(5, BIG))
+    app.router.add_static("/static", tmp_path / "static")
     runner = web.AppRunner(app)
     run(loop, runner.setup())
     if where == "unix":
@@ -132,6 +137,21 @@ def test_aiohttp_client(loop, server):
             big = _blob(8, BIG)
             async with session.post(base + "/echo", data=big) as r:
                 assert await r.read() == big
+
+            async with session.get(base + "/static/file.bin") as r:
+                assert await r.read() == _blob(5, BIG)
+            # Ranges of it, many at once.
+            ranges = [(i * 100003, i * 100003 + 65535) for i in range(40)]
+
+            async def part(lo, hi):
+                async with session.get(base + "/static/file.bin",
+                                       headers={"Range": f"bytes={lo}-{hi}"}
+                                       ) as r:
+                    assert r.status == 206
+                    return await r.read()
+            parts = await asyncio.gather(*(part(*rg) for rg in ranges))
+            blob = _blob(5, BIG)
+            assert parts == [blob[lo:hi + 1] for lo, hi in ranges]
 
     run(loop, main())
     assert not loop.errors
