@@ -383,3 +383,45 @@ def test_peer_never_reads(loop, kind):
 
     run(loop, main())
     assert not loop.errors
+
+
+def test_sendfile(loop, tmp_path):
+    """loop.sendfile() of a 64 MiB file, whole and a slice of it, to one
+    connection: the receiver gets exactly those bytes."""
+    data = random.Random(91).randbytes(64 << 20)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    lo, count = 12345, (8 << 20) + 1
+    expected = hashlib.sha1(data + data[lo:lo + count]).digest()
+
+    class Sink(asyncio.Protocol):
+        def __init__(self):
+            self.h = hashlib.sha1()
+            self.n = 0
+            self.done = loop.create_future()
+
+        def data_received(self, data):
+            self.h.update(data)
+            self.n += len(data)
+
+        def eof_received(self):
+            self.done.set_result((self.n, self.h.digest()))
+
+    async def main():
+        sink = Sink()
+        server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1",
+                                             port)
+        with open(path, "rb") as f:
+            assert await loop.sendfile(tr, f) == len(data)
+            assert await loop.sendfile(tr, f, lo, count) == count
+            assert f.tell() == lo + count
+        tr.write_eof()
+        assert await sink.done == (len(data) + count, expected)
+        tr.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert not loop.errors
