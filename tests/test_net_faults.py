@@ -403,3 +403,38 @@ def test_writes_after_close(loop):
 
     run(loop, main())
     assert not loop.errors
+
+
+def test_cancelled_connect_leaks_nothing(loop):
+    """create_connection() cancelled while the SYN goes unanswered (the
+    listener's accept queue is full): it raises, and closes its socket."""
+    async def main():
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(0)
+        addr = lsock.getsockname()
+        # Fill the accept queue; later SYNs are dropped, not refused.
+        fill = []
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(addr)
+            fill.append(s)
+        await asyncio.sleep(0.1)
+        before = _open_fds()
+        try:
+            for _ in range(5):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(loop.create_connection(
+                        asyncio.Protocol, *addr), 0.2)
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.open_connection(*addr),
+                                           0.2)
+            assert _open_fds() == before
+        finally:
+            for s in fill:
+                s.close()
+            lsock.close()
+
+    run(loop, main())
+    assert not loop.errors
