@@ -5,7 +5,6 @@ and a peer that never reads (writes pause, the loop stays idle)."""
 import asyncio
 import contextlib
 import hashlib
-import os
 import random
 import resource
 import socket
