@@ -15,9 +15,21 @@ import selectors
 import sys
 import threading
 import weakref
-from asyncio import base_events, selector_events, unix_events
+from asyncio import (base_events, constants, futures, protocols,
+                     selector_events, sslproto, transports, trsock,
+                     unix_events)
 from asyncio.log import logger
 
+from piston import _piston
+
+# piston's C stream transport (csrc/ext/stream.c), made now that asyncio is
+# imported: a subclass of asyncio.Transport through asyncio's
+# _FlowControlMixin, which loop.sendfile's fallback insists on.
+StreamTransport = _piston._stream_setup(
+    transports._FlowControlMixin, protocols.BufferedProtocol,
+    trsock.TransportSocket, base_events._set_nodelay, futures._set_result_unless_cancelled, logger)
+StreamTransport._start_tls_compatible = True
+StreamTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
 
 def _borrow(cls, *names):
@@ -129,7 +141,7 @@ class NetMixin:
         "_log_subprocess", "subprocess_shell", "subprocess_exec"))
     locals().update(_borrow(
         selector_events.BaseSelectorEventLoop,
-        "_make_ssl_transport", "_make_datagram_transport",
+        "_make_datagram_transport",
         "_start_serving", "_accept_connection", "_accept_connection2",
         "_ensure_fd_no_transport", "_sendfile_native"))
     locals().update(_borrow(
@@ -150,8 +162,23 @@ class NetMixin:
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
         self._ensure_fd_no_transport(sock)
-        return selector_events._SelectorSocketTransport(
-            self, sock, protocol, waiter, extra, server)
+        return StreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None,
+                            *, server_side=False, server_hostname=None,
+                            extra=None, server=None,
+                            ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None):
+        # asyncio's TLS protocol over our transport (asyncio's own version
+        # of this method names its Python transport class directly).
+        self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        StreamTransport(self, rawsock, ssl_protocol, extra=extra,
+                        server=server)
+        return ssl_protocol._app_transport
 
     def _stop_serving(self, sock):
         """Stops accepting on a listening socket and closes it; a Unix
