@@ -3,9 +3,7 @@
 stopped at teardown.  (A plain module imported by test_celery.py, not a
 conftest.py: two modules named `conftest` would shadow main's.)"""
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +15,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+# The shared redis-server helper lives in tests/.
+if os.path.dirname(HERE) not in sys.path:
+    sys.path.insert(0, os.path.dirname(HERE))
 from celery_key import TEST_KEY as KEY  # noqa: E402
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from redis_server import redis_server  # noqa: E402
 
 
 def _env(url, **extra):
@@ -42,47 +39,10 @@ def _env(url, **extra):
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        if os.environ.get("PISTON_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server not found and PISTON_REQUIRE_REDIS=1 "
-                        "(apt-get install -y redis-server)")
-        pytest.skip("redis-server not found: apt-get install -y "
-                    "redis-server (set PISTON_REQUIRE_REDIS=1 to fail "
-                    "instead of skipping)")
-    import redis
-    d = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    log = open(d / "redis.log", "wb")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
-         "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = "redis://127.0.0.1:%d/0" % port
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    try:
-        end = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("redis-server did not start: "
-                                       + (d / "redis.log").read_text())
-                time.sleep(0.05)
-        os.environ["PISTON_TEST_REDIS_URL"] = url
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        os.environ["PISTON_TEST_REDIS_URL"] = server.url
         os.environ["PISTON_CELERY_KEY"] = KEY
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        yield server.url
 
 
 @pytest.fixture(scope="session")
