@@ -28,30 +28,6 @@ def child_loop(loop):
     asyncio.set_event_loop(None)
 
 
-def test_subprocess_exit_codes(child_loop):
-    async def main():
-        codes = []
-        for cmd in ("exit 0", "exit 7", "kill -9 $$"):
-            proc = await asyncio.create_subprocess_shell(cmd)
-            codes.append(await proc.wait())
-        return codes
-
-    assert run(child_loop, main()) == [0, 7, -9]
-
-
-def test_subprocess_many_concurrent(child_loop):
-    async def one(i):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", f"import sys; sys.exit({i % 5})",
-            stdout=asyncio.subprocess.DEVNULL)
-        return await proc.wait()
-
-    async def main():
-        return await asyncio.gather(*(one(i) for i in range(20)))
-
-    assert run(child_loop, main(), 60) == [i % 5 for i in range(20)]
-
-
 def test_subprocess_without_pidfd(kind, child_loop, monkeypatch):
     """Kernels before 5.3 have no pidfd_open: a thread blocked in waitpid
     reaps the child instead."""
