@@ -511,7 +511,7 @@ stream_finalize(pn_stream *self)
     if (self->sock == NULL) {
         return;
     }
-    exc = pn__stream_fetch();
+    exc = pn_fetch_exception();
     if (PyErr_ResourceWarning((PyObject *)self, 1, "unclosed transport %R",
                               (PyObject *)self) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);

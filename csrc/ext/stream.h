@@ -5,6 +5,7 @@
 #define PN_STREAM_H
 
 #include "ext/loop.h"
+#include "ext/wait.h"
 #include "core/pn_fork.h"
 
 /* Bytes read at most per readable event, as asyncio's max_size. */
@@ -81,7 +82,7 @@ pn__stream_check_fork(pn_stream *self)
 }
 
 /* Sets exc (a reference taken over; NULL: nothing) as the exception being
- * raised, the inverse of pn__stream_fetch. */
+ * raised, the inverse of pn_fetch_exception. */
 static inline void
 pn__stream_restore(PyObject *exc)
 {
@@ -107,8 +108,6 @@ int pn__stream_maybe_resume(pn_stream *self);
  * logger; arg and exc_info may be NULL. */
 int pn__stream_log(pn_stream *self, const char *level, const char *fmt,
                    const char *arg, PyObject *exc_info);
-/* The exception being raised, normalised; cleared. */
-PyObject *pn__stream_fetch(void);
 /* A protocol callback raised: SystemExit/KeyboardInterrupt stay set (-1),
  * anything else is a fatal error of the transport (0, or -1). */
 int pn__stream_protocol_failed(pn_stream *self, const char *msg);

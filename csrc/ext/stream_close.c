@@ -6,24 +6,6 @@
 
 /* Small helpers. */
 
-PyObject *
-pn__stream_fetch(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (value != NULL && tb != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
-#endif
-}
-
 static int
 is_fatal_exception(void)
 {
@@ -144,7 +126,7 @@ pn__stream_protocol_failed(pn_stream *self, const char *msg)
     if (is_fatal_exception()) {
         return -1;
     }
-    exc = pn__stream_fetch();
+    exc = pn_fetch_exception();
     if (exc == NULL) {
         return -1;
     }
@@ -232,13 +214,13 @@ pn__stream_call_connection_lost(pn_stream *self, PyObject *exc)
                                       exc);
         Py_DECREF(proto);
         if (r == NULL) {
-            err = pn__stream_fetch();
+            err = pn_fetch_exception();
         }
         Py_XDECREF(r);
     }
     /* What follows runs even if connection_lost raised (a `finally`). */
     if (pn__stream_close_sock(self) < 0 && err == NULL) {
-        err = pn__stream_fetch();
+        err = pn_fetch_exception();
     }
     else if (PyErr_Occurred()) {
         PyErr_Clear();
@@ -256,7 +238,7 @@ pn__stream_call_connection_lost(pn_stream *self, PyObject *exc)
         self->server = NULL;
         Py_DECREF(server);
         if (r < 0 && err == NULL) {
-            err = pn__stream_fetch();
+            err = pn_fetch_exception();
         }
         else if (r < 0) {
             PyErr_Clear();
@@ -304,7 +286,7 @@ call_flow(pn_stream *self, PyObject *name, const char *what)
     if (is_fatal_exception()) {
         return -1;
     }
-    exc = pn__stream_fetch();
+    exc = pn_fetch_exception();
     if (exc == NULL) {
         return -1;
     }

@@ -26,7 +26,7 @@ errno_exception(int err)
 {
     errno = err;
     PyErr_SetFromErrno(PyExc_OSError);
-    return pn__stream_fetch();
+    return pn_fetch_exception();
 }
 
 /* A socket error: asyncio's fatal-error path.  NULL only for a fatal
@@ -658,7 +658,7 @@ failed:
     /* An item that would not give a contiguous buffer: what was queued
      * before it still goes out. */
     if (was_empty && !pn_stream_wq_empty(self)) {
-        PyObject *exc = pn__stream_fetch();
+        PyObject *exc = pn_fetch_exception();
         int r2 = pn__loop_add_fd(self->loop, self->fd, 1, self->write_cb);
         if (r2 < 0) {
             Py_XDECREF(exc);
