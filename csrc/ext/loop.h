@@ -15,10 +15,21 @@ struct pn_completion;
 
 /* asyncio.Handle / asyncio.TimerHandle in C.  One struct for both types so
  * the pool can recycle either; `timer` is only used by TimerHandle. */
+/* Up to this many arguments live in the handle itself: the common
+ * call_soon(f), call_soon(f, x) (a future's done callbacks) and
+ * call_soon(f, a, b) allocate no tuple. */
+#define PN_HANDLE_INLINE_ARGS 2
+
 typedef struct pn_handle {
     PyObject_HEAD
     PyObject *callback;         /* NULL once cancelled */
-    PyObject *args;             /* a tuple; NULL once cancelled */
+    /* The arguments: in argv when nargs <= PN_HANDLE_INLINE_ARGS, else in
+     * the tuple `args`; `_args` makes (and keeps) a tuple of inline ones,
+     * which then holds references of its own.  Dropped (nargs 0, args
+     * NULL) once cancelled. */
+    PyObject *args;
+    PyObject *argv[PN_HANDLE_INLINE_ARGS];
+    Py_ssize_t nargs;
     PyObject *context;          /* contextvars.Context the callback runs in */
     PyObject *loop;
     PyObject *source_traceback; /* debug mode only, else NULL */
@@ -29,6 +40,13 @@ typedef struct pn_handle {
      * burst of call_soon would otherwise make every collection walk every
      * queued handle (the loop's traverse reports what they hold). */
     char untracked;
+    /* `context` is the handle's own copy (made because none was passed)
+     * and is GC-untracked while the handle is: a burst of timers would
+     * otherwise add one tracked Context each to every collection.  Only
+     * ever with untracked == 1; tracked again (pn_handle_track_context)
+     * before anyone else can see it or before the handle drops it, since
+     * a Context's dealloc expects to be tracked. */
+    char ctx_untracked;
     pn_timer timer;             /* TimerHandle: deadline and heap slot */
 } pn_handle;
 
@@ -94,6 +112,16 @@ pn_handle *pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
                          PyObject *callback, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *context, int track);
 
+/* Hands the handle's private context back to the GC. */
+static inline void
+pn_handle_track_context(pn_handle *h)
+{
+    if (h->ctx_untracked) {
+        h->ctx_untracked = 0;
+        PyObject_GC_Track(h->context);
+    }
+}
+
 /* A loop queue drops its reference: a handle someone else still holds is
  * handed back to the GC first. */
 static inline void
@@ -102,6 +130,7 @@ pn_handle_release(pn_handle *h)
     if (h->untracked) {
         h->untracked = 0;
         if (Py_REFCNT(h) > 1) {
+            pn_handle_track_context(h);
             PyObject_GC_Track(h);
         }
     }
@@ -120,7 +149,21 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
         Py_VISIT((PyObject *)Py_TYPE(h));
         Py_VISIT(h->callback);
         Py_VISIT(h->args);
-        Py_VISIT(h->context);
+        if (h->nargs <= PN_HANDLE_INLINE_ARGS) {
+            for (Py_ssize_t i = 0; i < h->nargs; i++) {
+                Py_VISIT(h->argv[i]);
+            }
+        }
+        if (h->ctx_untracked) {
+            /* Not a GC object meanwhile: report what it holds. */
+            int r = Py_TYPE(h->context)->tp_traverse(h->context, visit, arg);
+            if (r) {
+                return r;
+            }
+        }
+        else {
+            Py_VISIT(h->context);
+        }
         Py_VISIT(h->loop);
         Py_VISIT(h->source_traceback);
         Py_VISIT(h->repr);
