@@ -84,8 +84,11 @@ typedef struct pn_loop {
     uint64_t n_callbacks;
     uint64_t n_timers_fired;
     uint64_t n_io_events;
-    int64_t ns_polling;
-    int64_t ns_running;
+    int64_t ns_polling;         /* blocked in the poll */
+    int64_t ns_running;         /* in _pn_run/_run_once, not blocked */
+    int64_t run_mark_ns;        /* where ns_running counts from; 0: not */
+    int64_t now_ns;             /* this iteration's clock after a blocking
+                                 * poll, 0 when none was read */
     uint64_t n_completions;
     uint64_t n_completion_batches;
     /* piston.Futures done in other threads, waiting to be delivered to
