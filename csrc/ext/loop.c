@@ -156,6 +156,38 @@ record_source(pn_loop *self, pn_handle *h)
     return h->source_traceback == NULL ? -1 : 0;
 }
 
+/* A queue-owned handle for args[0](*args[1:]) in `context`, or when that
+ * is absent or None in the context current now: then it shares the
+ * loop's snapshot (handle.c). */
+static pn_handle *
+new_queued_handle(pn_loop *self, PyTypeObject *tp, PyObject *const *args,
+                  Py_ssize_t nargs, PyObject *context)
+{
+    int shared = context == NULL || context == Py_None;
+    pn_handle *h;
+
+    if (shared) {
+        context = pn_loop_context_snapshot(self);
+        if (context == NULL) {
+            return NULL;
+        }
+    }
+    h = pn_handle_new(self->st, tp, (PyObject *)self, args[0], args + 1,
+                      nargs - 1, context, 0);
+    if (h != NULL) {
+        h->ctx_shared = (char)shared;
+    }
+    return h;
+}
+
+static void
+drop_context_snapshot(pn_loop *self)
+{
+    /* The key first: a later mapping may reuse the address. */
+    self->ctx_snapshot_vars = NULL;
+    Py_CLEAR(self->ctx_snapshot);
+}
+
 static int
 push_ready(pn_loop *self, pn_handle *h)
 {
@@ -184,8 +216,7 @@ schedule_soon(pn_loop *self, const char *method, PyObject *const *args,
     if (self->debug && !threadsafe && check_thread(self) < 0) {
         return NULL;
     }
-    h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
-                      args[0], args + 1, nargs - 1, context, 0);
+    h = new_queued_handle(self, self->st->HandleType, args, nargs, context);
     if (h == NULL) {
         return NULL;
     }
@@ -235,8 +266,8 @@ schedule_at(pn_loop *self, const char *method, double when,
     if (self->debug && check_thread(self) < 0) {
         return NULL;
     }
-    h = pn_handle_new(self->st, self->st->TimerHandleType, (PyObject *)self,
-                      args[0], args + 1, nargs - 1, context, 0);
+    h = new_queued_handle(self, self->st->TimerHandleType, args, nargs,
+                          context);
     if (h == NULL) {
         return NULL;
     }
@@ -1001,6 +1032,7 @@ loop_pn_close(pn_loop *self, PyObject *Py_UNUSED(ignored))
     pn__loop_watchdog_stop(self);
     self->closed = 1;
     release_all(self);
+    drop_context_snapshot(self);
     free(self->fds);
     self->fds = NULL;
     self->nfds = 0;
@@ -1275,6 +1307,7 @@ loop_traverse(pn_loop *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->task_factory);
+    Py_VISIT(self->ctx_snapshot);
     /* A running loop is held by the frame running it, so everything its
      * queues hold is reachable anyway: not reporting it only spares each
      * collection a walk over every queued handle (100k tasks being created
@@ -1299,6 +1332,7 @@ loop_clear(pn_loop *self)
 {
     Py_CLEAR(self->task_factory);
     release_all(self);
+    drop_context_snapshot(self);
     return 0;
 }
 
@@ -1310,6 +1344,7 @@ loop_dealloc(pn_loop *self)
     pn__loop_watchdog_stop(self);
     Py_CLEAR(self->task_factory);
     release_all(self);
+    drop_context_snapshot(self);
     pn_readyq_destroy(&self->ready);
     pn_timerheap_destroy(&self->timers);
     free(self->fds);

@@ -40,13 +40,11 @@ typedef struct pn_handle {
      * burst of call_soon would otherwise make every collection walk every
      * queued handle (the loop's traverse reports what they hold). */
     char untracked;
-    /* `context` is the handle's own copy (made because none was passed)
-     * and is GC-untracked while the handle is: a burst of timers would
-     * otherwise add one tracked Context each to every collection.  Only
-     * ever with untracked == 1; tracked again (pn_handle_track_context)
-     * before anyone else can see it or before the handle drops it, since
-     * a Context's dealloc expects to be tracked. */
-    char ctx_untracked;
+    /* `context` is the loop's shared snapshot of the context current at
+     * scheduling time (see pn_loop.ctx_snapshot), not yet this handle's
+     * own: pn_handle_own_context copies it before the callback runs or
+     * anyone sees it. */
+    char ctx_shared;
     pn_timer timer;             /* TimerHandle: deadline and heap slot */
 } pn_handle;
 
@@ -95,6 +93,13 @@ typedef struct pn_loop {
      * their asyncio futures: a lock-free LIFO pushed by completion hooks
      * (any thread), taken whole by the loop (loop.c). */
     _Atomic(struct pn_completion *) completions;
+    /* A copy of the current context that no one enters or sees, shared by
+     * the handles scheduled (without context=) while the current context
+     * holds the same variables: a timer or call_soon then costs no
+     * Context of its own until it runs (handle.c).  ctx_snapshot_vars is
+     * the immutable mapping it wraps, the key for "the same". */
+    PyObject *ctx_snapshot;
+    const void *ctx_snapshot_vars;
     /* Watchdog (loop_watchdog.c): the loop publishes when each callback
      * starts; the watchdog thread reads it without the GIL. */
     struct pn_watchdog *watchdog;   /* NULL when off */
@@ -115,16 +120,6 @@ pn_handle *pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
                          PyObject *callback, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *context, int track);
 
-/* Hands the handle's private context back to the GC. */
-static inline void
-pn_handle_track_context(pn_handle *h)
-{
-    if (h->ctx_untracked) {
-        h->ctx_untracked = 0;
-        PyObject_GC_Track(h->context);
-    }
-}
-
 /* A loop queue drops its reference: a handle someone else still holds is
  * handed back to the GC first. */
 static inline void
@@ -133,7 +128,6 @@ pn_handle_release(pn_handle *h)
     if (h->untracked) {
         h->untracked = 0;
         if (Py_REFCNT(h) > 1) {
-            pn_handle_track_context(h);
             PyObject_GC_Track(h);
         }
     }
@@ -157,16 +151,7 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
                 Py_VISIT(h->argv[i]);
             }
         }
-        if (h->ctx_untracked) {
-            /* Not a GC object meanwhile: report what it holds. */
-            int r = Py_TYPE(h->context)->tp_traverse(h->context, visit, arg);
-            if (r) {
-                return r;
-            }
-        }
-        else {
-            Py_VISIT(h->context);
-        }
+        Py_VISIT(h->context);
         Py_VISIT(h->loop);
         Py_VISIT(h->source_traceback);
         Py_VISIT(h->repr);
@@ -178,6 +163,15 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
  * loop._pn_callback_error (asyncio's "Exception in callback" report) and
  * 0 is returned; -1 only for SystemExit/KeyboardInterrupt, left set. */
 int pn_handle_run(pn_handle *h);
+
+/* The loop's context snapshot equal to a copy of the current context
+ * (borrowed), for a handle to share (then mark it ctx_shared); NULL with
+ * an exception. */
+PyObject *pn_loop_context_snapshot(pn_loop *loop);
+
+/* Gives a handle sharing the loop's snapshot a context of its own (a copy
+ * of the snapshot: the same variables).  0, or -1 with an exception. */
+int pn_handle_own_context(pn_handle *h);
 
 /* Drops the callback and args, marks cancelled; for a TimerHandle also
  * takes it out of its loop's heap. */
