@@ -1080,6 +1080,13 @@ def test_stats():
         assert s["iterations"] >= 2 and s["callbacks"] >= 2
         assert s["timers_fired"] >= 1
         assert s["time_polling"] > 0
+        # Blocked time is polling; a callback sees the run so far counted.
+        inside = []
+        lp.call_soon(lambda: inside.append(lp.stats()["time_running"]))
+        lp.run_until_complete(asyncio.sleep(0.05))
+        s2 = lp.stats()
+        assert s2["time_polling"] - s["time_polling"] >= 0.04
+        assert s["time_running"] < inside[0] <= s2["time_running"]
     finally:
         lp.close()
 

@@ -112,6 +112,7 @@ handle_clear(pn_handle *h)
 {
     Py_CLEAR(h->callback);
     clear_args(h);
+    h->ctx_shared = 0;
     Py_CLEAR(h->context);
     Py_CLEAR(h->loop);
     Py_CLEAR(h->source_traceback);
@@ -200,9 +201,9 @@ pn_loop_context_snapshot(pn_loop *loop)
      * same mapping, not a new one at a reused address. */
     if (vars != NULL && vars == loop->ctx_snapshot_vars) {
         Py_DECREF(copy);
-        return loop->ctx_snapshot;
+        return Py_NewRef(loop->ctx_snapshot);
     }
-    Py_XSETREF(loop->ctx_snapshot, copy);
+    Py_XSETREF(loop->ctx_snapshot, Py_NewRef(copy));
     loop->ctx_snapshot_vars = vars;
     return copy;
 }
@@ -211,7 +212,7 @@ int
 pn_handle_own_context(pn_handle *h)
 {
     PyObject *copy;
-    if (!h->ctx_shared) {
+    if (!h->ctx_shared || h->context == NULL) {
         return 0;
     }
     copy = PyContext_Copy(h->context);

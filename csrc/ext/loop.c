@@ -177,6 +177,9 @@ new_queued_handle(pn_loop *self, PyTypeObject *tp, PyObject *const *args,
     if (h != NULL) {
         h->ctx_shared = (char)shared;
     }
+    if (shared) {
+        Py_DECREF(context);
+    }
     return h;
 }
 

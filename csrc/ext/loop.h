@@ -164,9 +164,10 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
  * 0 is returned; -1 only for SystemExit/KeyboardInterrupt, left set. */
 int pn_handle_run(pn_handle *h);
 
-/* The loop's context snapshot equal to a copy of the current context
- * (borrowed), for a handle to share (then mark it ctx_shared); NULL with
- * an exception. */
+/* The loop's context snapshot equal to a copy of the current context (a
+ * new reference: a callback run by a collection may replace the loop's
+ * own), for a handle to share (then mark it ctx_shared); NULL with an
+ * exception. */
 PyObject *pn_loop_context_snapshot(pn_loop *loop);
 
 /* Gives a handle sharing the loop's snapshot a context of its own (a copy
