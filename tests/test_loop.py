@@ -355,6 +355,40 @@ def test_timers_order_and_ties(loop):
         assert out[0] == "first" and sorted(out[1:]) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("n, far", [(3000, 0), (3000, 1000), (100, 0)])
+def test_many_due_timers_fire_in_order(loop, n, far):
+    """Many timers due at once (piston sorts such a batch out of its heap):
+    deadline order, ties in scheduling order, cancelled ones skipped, and
+    timers not yet due stay queued."""
+    fired = []
+    base = loop.time() - 1
+    handles = []
+    for i in range(n):
+        # Ten distinct deadlines, scheduled out of order: many ties.
+        when = base + ((i * 7) % 10) * 1e-4
+        handles.append(loop.call_at(when, fired.append, (when, i)))
+    later = [loop.call_later(3600, fired.append, "never")
+             for _ in range(far)]
+    for h in handles[::50]:
+        h.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    cancelled = set(range(0, n, 50))
+    expected = sorted((w, i) for w, i in
+                      ((base + ((i * 7) % 10) * 1e-4, i) for i in range(n))
+                      if i not in cancelled)
+    if isinstance(loop, piston.Loop):
+        assert fired == expected
+        assert loop.stats()["timers_scheduled"] == far
+    else:
+        # asyncio's heapq does not promise any order among equal deadlines.
+        assert [w for w, _ in fired] == [w for w, _ in expected]
+        assert sorted(fired) == expected
+    assert all(not h.cancelled() for h in later)
+    for h in later:
+        h.cancel()
+
+
 def test_timer_accuracy_submillisecond(loop):
     delays = []
 

@@ -767,6 +767,15 @@ poll_events(pn_loop *self, int64_t timeout_ns)
     return n;
 }
 
+/* A due timer: the heap's reference moves to the ready queue (room was
+ * reserved). */
+static void
+fire_timer(pn_timer *t, void *arg)
+{
+    pn_loop *self = arg;
+    (void)pn_readyq_push(&self->ready, timer_owner(t));
+}
+
 static int
 run_once(pn_loop *self)
 {
@@ -811,14 +820,15 @@ run_once(pn_loop *self)
     if ((t = pn_timerheap_peek(&self->timers)) != NULL) {
         double end = (self->now_ns ? ns_to_time(self->now_ns) : loop_now())
                      + self->clock_resolution;
-        while (t != NULL && t->when < end) {
-            pn_timerheap_pop(&self->timers);
-            self->n_timers_fired++;
-            /* The heap's reference moves to the ready queue. */
-            if (push_ready(self, timer_owner(t)) < 0) {
+        size_t due = pn_timerheap_count_due(&self->timers, end);
+        if (due > 0) {
+            /* Room first: then no timer can be lost half way. */
+            if (pn_readyq_reserve(&self->ready, due) < 0) {
+                PyErr_NoMemory();
                 return -1;
             }
-            t = pn_timerheap_peek(&self->timers);
+            pn_timerheap_take_due(&self->timers, end, due, fire_timer, self);
+            self->n_timers_fired += due;
         }
     }
 
