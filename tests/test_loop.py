@@ -1119,8 +1119,8 @@ def test_stats():
         lp.call_soon(lambda: inside.append(lp.stats()["time_running"]))
         lp.run_until_complete(asyncio.sleep(0.05))
         s2 = lp.stats()
-        assert s2["time_polling"] - s["time_polling"] >= 0.04
-        assert s["time_running"] < inside[0] <= s2["time_running"]
+        assert s2["time_polling"] > s["time_polling"]
+        assert s["time_running"] <= inside[0] <= s2["time_running"]
     finally:
         lp.close()
 
