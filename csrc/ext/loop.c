@@ -496,15 +496,50 @@ fd_slot(pn_loop *self, int fd, int create)
     return &self->fds[fd];
 }
 
+/* Registers callback(*args) for fd's readiness in one direction,
+ * replacing (and cancelling) any previous one.  New reference to the
+ * handle, or NULL with an exception. */
+static pn_handle *
+add_fd_core(pn_loop *self, int fd, int writer, PyObject *callback,
+            PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned bit = writer ? PN_POLL_WRITABLE : PN_POLL_READABLE;
+    pn_fdslot *slot = fd_slot(self, fd, 1);
+    pn_handle *h, **place;
+    int err;
+
+    if (slot == NULL) {
+        return NULL;
+    }
+    h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
+                      callback, args, nargs, NULL, 1);
+    if (h == NULL) {
+        return NULL;
+    }
+    err = pn_poll_ctl(self->poll, fd, slot->mask, slot->mask | bit);
+    if (err < 0) {
+        Py_DECREF(h);
+        return (pn_handle *)pn_raise_errno(-err);
+    }
+    slot->mask |= bit;
+    place = writer ? &slot->writer : &slot->reader;
+    if (*place != NULL) {
+        pn_handle *old = *place;
+        *place = NULL;
+        pn_handle_cancel_core(old);
+        Py_DECREF(old);
+    }
+    *place = h;
+    return (pn_handle *)Py_NewRef(h);
+}
+
 static PyObject *
 add_fd_callback(pn_loop *self, PyObject *const *args, Py_ssize_t nargs,
                 int writer, int return_handle)
 {
     const char *method = writer ? "add_writer" : "add_reader";
-    unsigned bit = writer ? PN_POLL_WRITABLE : PN_POLL_READABLE;
-    pn_fdslot *slot;
-    pn_handle *h, **place;
-    int fd, err;
+    pn_handle *h;
+    int fd;
 
     if (nargs < 2) {
         PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments",
@@ -518,32 +553,14 @@ add_fd_callback(pn_loop *self, PyObject *const *args, Py_ssize_t nargs,
     if (fd < 0 || check_callback(args[1], method) < 0) {
         return NULL;
     }
-    slot = fd_slot(self, fd, 1);
-    if (slot == NULL) {
-        return NULL;
-    }
-    h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
-                      args[1], args + 2, nargs - 2, NULL, 1);
+    h = add_fd_core(self, fd, writer, args[1], args + 2, nargs - 2);
     if (h == NULL) {
         return NULL;
     }
-    err = pn_poll_ctl(self->poll, fd, slot->mask, slot->mask | bit);
-    if (err < 0) {
-        Py_DECREF(h);
-        return pn_raise_errno(-err);
-    }
-    slot->mask |= bit;
-    place = writer ? &slot->writer : &slot->reader;
-    if (*place != NULL) {
-        pn_handle *old = *place;
-        *place = NULL;
-        pn_handle_cancel_core(old);
-        Py_DECREF(old);
-    }
-    *place = h;
     if (return_handle) {
-        return Py_NewRef(h);
+        return (PyObject *)h;
     }
+    Py_DECREF(h);
     Py_RETURN_NONE;
 }
 
@@ -579,6 +596,27 @@ remove_fd_callback(pn_loop *self, int fd, int writer)
     pn_handle_cancel_core(h);
     Py_DECREF(h);
     return 1;
+}
+
+int
+pn__loop_add_fd(pn_loop *self, int fd, int writer, PyObject *callback)
+{
+    pn_handle *h;
+    if (check_closed(self) < 0 || check_fork(self) < 0) {
+        return -1;
+    }
+    h = add_fd_core(self, fd, writer, callback, NULL, 0);
+    if (h == NULL) {
+        return -1;
+    }
+    Py_DECREF(h);
+    return 0;
+}
+
+int
+pn__loop_remove_fd(pn_loop *self, int fd, int writer)
+{
+    return self->closed ? 0 : remove_fd_callback(self, fd, writer);
 }
 
 static PyObject *

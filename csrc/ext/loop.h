@@ -191,6 +191,13 @@ int pn__loop_run_completions(pn_loop *loop);
 void pn__loop_drop_completions(pn_loop *loop);
 extern PyMethodDef pn__loop_complete_methods[];
 
+/* loop.c, for transports (stream.c): add_reader/add_writer of callback()
+ * on fd without a Python call (0, or -1 with an exception: loop closed, in
+ * a forked child, epoll refused), and remove_reader/remove_writer (1 if
+ * something was registered, 0 if not or the loop is closed, -1 on error). */
+int pn__loop_add_fd(pn_loop *loop, int fd, int writer, PyObject *callback);
+int pn__loop_remove_fd(pn_loop *loop, int fd, int writer);
+
 /* loop.c: takes a timer out of the heap, dropping the heap's reference. */
 void pn__loop_timer_cancelled(pn_loop *loop, pn_handle *h);
 

@@ -23,8 +23,15 @@
     X(extract_stack) X(aio_Future) X(aio_Task) X(aio_convert_exc)           \
     X(kwnames_task[0]) X(kwnames_task[1]) X(kwnames_task[2])                \
     X(kwnames_task[3]) X(kwnames_loop) X(str_context) X(str_cancelled)      \
-    X(str_cancel)                                                           \
-    X(str_set_result) X(str_set_exception)
+    X(str_cancel) X(str_set_result) X(str_set_exception)                    \
+    /* stream */                                                            \
+    X(StreamTransportType) X(aio_BufferedProtocol) X(aio_TransportSocket)   \
+    X(aio_set_nodelay) X(aio_set_result_unless_cancelled) X(aio_logger)     \
+    X(str_data_received) X(str_eof_received) X(str_get_buffer)              \
+    X(str_buffer_updated) X(str_connection_made) X(str_connection_lost)     \
+    X(str_pause_writing) X(str_resume_writing) X(str_call_soon)             \
+    X(str_call_exception_handler) X(str_peername) X(str_extra)         \
+    X(minus_one)
 
 static int
 module_traverse(PyObject *m, visitproc visit, void *arg)
@@ -49,7 +56,10 @@ module_clear(PyObject *m)
 static void
 module_free(void *m)
 {
-    pn_handle_pool_clear(PyModule_GetState((PyObject *)m));
+    pn_state *st = PyModule_GetState((PyObject *)m);
+    pn_handle_pool_clear(st);
+    PyMem_RawFree(st->stream_scratch);
+    st->stream_scratch = NULL;
     module_clear((PyObject *)m);
 }
 
@@ -99,7 +109,8 @@ module_exec(PyObject *m)
     }
     if (pn_errors_exec(m, st) < 0 || pn_future_exec(m, st) < 0
         || pn_threadpool_exec(m, st) < 0 || pn_procpool_exec(m, st) < 0
-        || pn_handle_exec(m, st) < 0 || pn_loop_exec(m, st) < 0) {
+        || pn_handle_exec(m, st) < 0 || pn_loop_exec(m, st) < 0
+        || pn_stream_exec(m, st) < 0) {
         return -1;
     }
     return 0;

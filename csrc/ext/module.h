@@ -68,6 +68,31 @@ typedef struct pn_state {
     PyObject *str_cancel;
     PyObject *str_set_result;
     PyObject *str_set_exception;
+    /* stream.c: the type is made by _stream_setup once asyncio is
+     * imported; its base is asyncio.Transport. */
+    PyTypeObject *StreamTransportType;
+    PyObject *aio_BufferedProtocol;
+    PyObject *aio_TransportSocket;  /* asyncio.trsock.TransportSocket */
+    PyObject *aio_set_nodelay;      /* asyncio.base_events._set_nodelay */
+    PyObject *aio_set_result_unless_cancelled;
+    PyObject *aio_logger;           /* asyncio.log.logger */
+    PyObject *str_data_received;
+    PyObject *str_eof_received;
+    PyObject *str_get_buffer;
+    PyObject *str_buffer_updated;
+    PyObject *str_connection_made;
+    PyObject *str_connection_lost;
+    PyObject *str_pause_writing;
+    PyObject *str_resume_writing;
+    PyObject *str_call_soon;
+    PyObject *str_call_exception_handler;
+    PyObject *str_peername;
+    PyObject *str_extra;
+    PyObject *minus_one;
+    /* Where reads land before they become bytes (PN_STREAM_MAX_SIZE,
+     * allocated on first use, freed by module_free); used with the GIL
+     * held from recv() to the copy. */
+    char *stream_scratch;
     /* Dead handles kept for reuse (handle.c): no references held, not
      * visited by traverse, freed by module_free. */
     struct pn_handle *handle_pool[PN_HANDLE_POOL_SIZE];
@@ -91,6 +116,7 @@ int pn_threadpool_exec(PyObject *m, pn_state *st);
 int pn_procpool_exec(PyObject *m, pn_state *st);
 int pn_handle_exec(PyObject *m, pn_state *st);
 int pn_loop_exec(PyObject *m, pn_state *st);
+int pn_stream_exec(PyObject *m, pn_state *st);
 
 /* handle.c: frees the pooled dead handles (module_free). */
 void pn_handle_pool_clear(pn_state *st);

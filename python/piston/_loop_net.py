@@ -15,8 +15,21 @@ import selectors
 import sys
 import threading
 import weakref
-from asyncio import base_events, selector_events, unix_events
+from asyncio import (base_events, constants, futures, protocols,
+                     selector_events, sslproto, transports, trsock,
+                     unix_events)
+from asyncio.log import logger
 
+from piston import _piston
+
+# piston's C stream transport (csrc/ext/stream.c), made now that asyncio is
+# imported: a subclass of asyncio.Transport through asyncio's
+# _FlowControlMixin, which loop.sendfile's fallback insists on.
+StreamTransport = _piston._stream_setup(
+    transports._FlowControlMixin, protocols.BufferedProtocol,
+    trsock.TransportSocket, base_events._set_nodelay, futures._set_result_unless_cancelled, logger)
+StreamTransport._start_tls_compatible = True
+StreamTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
 
 def _borrow(cls, *names):
@@ -46,7 +59,10 @@ class _SelectorView:
         self._loop = weakref.proxy(loop)
 
     def get_key(self, fd):
-        reader, writer = self._loop._pn_fd_handles(fd)
+        try:
+            reader, writer = self._loop._pn_fd_handles(fd)
+        except ReferenceError:
+            raise KeyError(f"{fd!r} is not registered") from None
         events = ((selectors.EVENT_READ if reader is not None else 0)
                   | (selectors.EVENT_WRITE if writer is not None else 0))
         if not events:
@@ -79,7 +95,9 @@ class _ChildWatch:
             pid, status = os.waitpid(self._pid, flags)
         except ChildProcessError:
             # Reaped by someone else (a SIGCHLD handler, os.wait()): the
-            # exit status is gone, as asyncio reports it.
+            # exit status is gone; asyncio reports 255 and says so.
+            logger.warning("Unknown child process pid %d, will report "
+                           "returncode 255", self._pid)
             return 255
         if pid == 0:
             return None
@@ -123,7 +141,7 @@ class NetMixin:
         "_log_subprocess", "subprocess_shell", "subprocess_exec"))
     locals().update(_borrow(
         selector_events.BaseSelectorEventLoop,
-        "_make_ssl_transport", "_make_datagram_transport",
+        "_make_datagram_transport",
         "_start_serving", "_accept_connection", "_accept_connection2",
         "_ensure_fd_no_transport", "_sendfile_native"))
     locals().update(_borrow(
@@ -137,12 +155,48 @@ class NetMixin:
         self._transports = weakref.WeakValueDictionary()
         self._selector = _SelectorView(self)
         self._child_watches = {}
+        # Listening Unix sockets whose path close() removes (3.13's
+        # cleanup_socket): socket -> inode of the path when it was bound.
+        self._unix_server_sockets = {}
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
         self._ensure_fd_no_transport(sock)
-        return selector_events._SelectorSocketTransport(
-            self, sock, protocol, waiter, extra, server)
+        return StreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None,
+                            *, server_side=False, server_hostname=None,
+                            extra=None, server=None,
+                            ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None):
+        # asyncio's TLS protocol over our transport (asyncio's own version
+        # of this method names its Python transport class directly).
+        self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        StreamTransport(self, rawsock, ssl_protocol, extra=extra,
+                        server=server)
+        return ssl_protocol._app_transport
+
+    def _stop_serving(self, sock):
+        """Stops accepting on a listening socket and closes it; a Unix
+        socket's path is removed if it is still the one we bound."""
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
+        self._remove_reader(sock.fileno())
+        sock.close()
+        if not path or not isinstance(path, str) or path.startswith("\0"):
+            return
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.error("Unable to clean up listening UNIX socket %r: %r",
+                         path, err)
 
     # add_reader & co. on an fd that a transport owns would steal its
     # events; asyncio raises, so do we.
@@ -185,6 +239,9 @@ class NetMixin:
         return transp
 
     def _pn_close_net(self):
+        # As asyncio's loop drops its selector: transports outliving the
+        # loop then describe themselves as open rather than polling.
+        self._selector = None
         for watch in list(self._child_watches.values()):
             watch.close()
         self._child_watches.clear()
