@@ -116,6 +116,206 @@ def test_call_soon_context(loop):
     assert seen == ["in ctx", "default"]
 
 
+def _context_of(h):
+    """The handle's context (get_context() is 3.12+ on asyncio)."""
+    return h.get_context() if hasattr(h, "get_context") else h._context
+
+
+@pytest.mark.parametrize("schedule", ["call_soon", "call_later", "call_at"])
+def test_callback_contexts_are_isolated(loop, schedule):
+    """Each callback runs in the context current when it was scheduled,
+    and what one callback sets is seen by no other."""
+    var = contextvars.ContextVar("var", default="default")
+    seen = []
+
+    def sched(cb):
+        if schedule == "call_soon":
+            return loop.call_soon(cb)
+        if schedule == "call_later":
+            return loop.call_later(0, cb)
+        return loop.call_at(loop.time(), cb)
+
+    def setter(value):
+        def cb():
+            seen.append(var.get())
+            var.set(value)
+            seen.append(var.get())
+        return cb
+
+    handles = [sched(setter("a")), sched(setter("b"))]
+    var.set("v1")
+    handles.append(sched(setter("c")))
+    handles.append(sched(lambda: seen.append(var.get())))
+    var.set("v2")
+    handles.append(sched(lambda: seen.append(var.get())))
+    var.set("v3")
+    loop.call_later(0.01, loop.stop)
+    try:
+        loop.run_forever()
+    finally:
+        var.set("default")
+    assert seen == ["default", "a", "default", "b", "v1", "c", "v1", "v2"]
+    # Each handle has a context of its own, holding what its callback set.
+    ctxs = [_context_of(h) for h in handles]
+    assert len({id(c) for c in ctxs}) == len(ctxs)
+    assert [c[var] for c in ctxs[:3]] == ["a", "b", "c"]
+    assert ctxs[3][var] == "v1" and ctxs[4][var] == "v2"
+
+
+def test_callback_context_keeps_identity_of_values(loop):
+    """Equal but distinct values set between two schedulings: each callback
+    sees the very object current when it was scheduled."""
+    var = contextvars.ContextVar("var")
+    first, second = [1], [1]
+    seen = []
+    var.set(first)
+    loop.call_soon(lambda: seen.append(var.get()))
+    var.set(second)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen[0] is first and seen[1] is second
+
+
+def test_handle_context_before_and_during_run(loop):
+    """A context handed out before the callback runs is the one it runs
+    in; get_context() from inside the callback is its running context."""
+    var = contextvars.ContextVar("var", default="default")
+    seen = []
+    h1 = loop.call_soon(lambda: seen.append(var.get()))
+    h2 = loop.call_soon(lambda: seen.append(var.get()))
+    ctx1 = _context_of(h1)
+    assert ctx1 is _context_of(h1)
+    assert ctx1 is not _context_of(h2)
+    ctx1.run(var.set, "changed before run")
+
+    def inside():
+        var.set("set inside")
+        seen.append(_context_of(h3)[var])
+
+    h3 = loop.call_soon(inside)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["changed before run", "default", "set inside"]
+    assert var.get() == "default"
+
+
+def test_reader_context_persists_across_runs(loop):
+    """add_reader's handle keeps one context for all its runs (as
+    asyncio)."""
+    var = contextvars.ContextVar("var", default=0)
+    r, w = socket.socketpair()
+    seen = []
+
+    def on_readable():
+        r.recv(1)
+        var.set(var.get() + 1)
+        seen.append(var.get())
+        if len(seen) == 2:
+            loop.stop()
+        else:
+            w.send(b"x")
+
+    try:
+        loop.add_reader(r, on_readable)
+        w.send(b"x")
+        loop.run_forever()
+        loop.remove_reader(r)
+    finally:
+        r.close()
+        w.close()
+    assert seen == [1, 2]
+    assert var.get() == 0
+
+
+def test_callback_args_inline_and_tuple(loop):
+    out = []
+    handles = [
+        loop.call_soon(lambda *a: out.append(a)),
+        loop.call_soon(lambda *a: out.append(a), "x"),
+        loop.call_soon(lambda *a: out.append(a), "x", "y"),
+        loop.call_soon(lambda *a: out.append(a), 1, 2, 3),
+        loop.call_later(0, lambda *a: out.append(a), "t", "u"),
+    ]
+    assert [h._args for h in handles] == [(), ("x",), ("x", "y"),
+                                          (1, 2, 3), ("t", "u")]
+    assert all(h._args is h._args for h in handles)
+    cancelled = loop.call_soon(out.append, "never")
+    assert cancelled._args == ("never",)
+    cancelled.cancel()
+    assert cancelled._args is None
+    loop.call_later(0.005, loop.stop)
+    loop.run_forever()
+    assert out == [(), ("x",), ("x", "y"), (1, 2, 3), ("t", "u")]
+    # Args survive the run (as asyncio keeps them on the handle).
+    assert handles[2]._args == ("x", "y")
+
+
+def test_callback_cancelling_itself_keeps_its_args(loop):
+    out = []
+    holder = []
+
+    def cb(a, b):
+        holder[0].cancel()
+        out.append((a, b))
+
+    holder.append(loop.call_soon(cb, object(), "b"))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(out) == 1 and out[0][1] == "b"
+
+
+def test_timer_handles_compare_with_args(loop):
+    when = loop.time() + 100
+    a = loop.call_at(when, print, 1, 2)
+    b = loop.call_at(when, print, 1, 2)
+    c = loop.call_at(when, print, 1, 3)
+    try:
+        assert a == b and a != c
+        assert a <= b and not a < b
+    finally:
+        for h in (a, b, c):
+            h.cancel()
+
+
+def test_gc_while_running_keeps_queued_callbacks(loop):
+    """A collection from a callback leaves alone what only the queues hold,
+    cycles included."""
+    ran = []
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+        def __call__(self):
+            ran.append(self)
+
+    def collect():
+        gc.collect()
+        gc.collect()
+
+    loop.call_soon(collect)
+    loop.call_soon(Cycle())
+    loop.call_later(0.001, Cycle())
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert len(ran) == 2
+
+
+def test_stopped_loop_queue_cycles_are_collected():
+    """A loop dropped with callbacks queued that refer back to it is
+    garbage (the queues are visited when not running)."""
+    lp = piston.new_event_loop()
+    lp.call_soon(lp.stop)
+    lp.call_later(3600, lp.stop)
+    ref = weakref.ref(lp)
+    lp.close = lambda: None      # no close(): the queues stay
+    with pytest.warns(ResourceWarning):
+        del lp
+        gc.collect()
+    assert ref() is None
+
+
 def test_call_soon_bad_callbacks(loop):
     async def coro():
         pass
@@ -153,6 +353,40 @@ def test_timers_order_and_ties(loop):
     else:
         # asyncio's heapq does not promise any order among equal deadlines.
         assert out[0] == "first" and sorted(out[1:]) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("n, far", [(3000, 0), (3000, 1000), (100, 0)])
+def test_many_due_timers_fire_in_order(loop, n, far):
+    """Many timers due at once (piston sorts such a batch out of its heap):
+    deadline order, ties in scheduling order, cancelled ones skipped, and
+    timers not yet due stay queued."""
+    fired = []
+    base = loop.time() - 1
+    handles = []
+    for i in range(n):
+        # Ten distinct deadlines, scheduled out of order: many ties.
+        when = base + ((i * 7) % 10) * 1e-4
+        handles.append(loop.call_at(when, fired.append, (when, i)))
+    later = [loop.call_later(3600, fired.append, "never")
+             for _ in range(far)]
+    for h in handles[::50]:
+        h.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    cancelled = set(range(0, n, 50))
+    expected = sorted((w, i) for w, i in
+                      ((base + ((i * 7) % 10) * 1e-4, i) for i in range(n))
+                      if i not in cancelled)
+    if isinstance(loop, piston.Loop):
+        assert fired == expected
+        assert loop.stats()["timers_scheduled"] == far
+    else:
+        # asyncio's heapq does not promise any order among equal deadlines.
+        assert [w for w, _ in fired] == [w for w, _ in expected]
+        assert sorted(fired) == expected
+    assert all(not h.cancelled() for h in later)
+    for h in later:
+        h.cancel()
 
 
 def test_timer_accuracy_submillisecond(loop):
@@ -880,6 +1114,13 @@ def test_stats():
         assert s["iterations"] >= 2 and s["callbacks"] >= 2
         assert s["timers_fired"] >= 1
         assert s["time_polling"] > 0
+        # Blocked time is polling; a callback sees the run so far counted.
+        inside = []
+        lp.call_soon(lambda: inside.append(lp.stats()["time_running"]))
+        lp.run_until_complete(asyncio.sleep(0.05))
+        s2 = lp.stats()
+        assert s2["time_polling"] > s["time_polling"]
+        assert s["time_running"] <= inside[0] <= s2["time_running"]
     finally:
         lp.close()
 

@@ -21,12 +21,17 @@ pn_readyq_destroy(pn_readyq *q)
     pn_readyq_init(q);
 }
 
-/* Doubles the ring and unwraps it so the items start at index 0. */
+/* Doubles the ring (at least to `need`) and unwraps it so the items start
+ * at index 0. */
 static int
-grow(pn_readyq *q)
+grow(pn_readyq *q, size_t need)
 {
     size_t cap = q->cap ? q->cap * 2 : 256;
-    void **buf = malloc(cap * sizeof(*buf));
+    void **buf;
+    while (cap < need) {
+        cap *= 2;
+    }
+    buf = malloc(cap * sizeof(*buf));
     if (buf == NULL) {
         return -ENOMEM;
     }
@@ -48,10 +53,19 @@ grow(pn_readyq *q)
 int
 pn_readyq_push(pn_readyq *q, void *item)
 {
-    if (q->len == q->cap && grow(q) < 0) {
+    if (q->len == q->cap && grow(q, q->len + 1) < 0) {
         return -ENOMEM;
     }
     q->buf[(q->head + q->len) & (q->cap - 1)] = item;
     q->len++;
+    return 0;
+}
+
+int
+pn_readyq_reserve(pn_readyq *q, size_t n)
+{
+    if (q->cap - q->len < n && grow(q, q->len + n) < 0) {
+        return -ENOMEM;
+    }
     return 0;
 }

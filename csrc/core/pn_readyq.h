@@ -28,6 +28,10 @@ pn_readyq_len(const pn_readyq *q)
 /* Appends at the tail.  0 or -ENOMEM (nothing queued). */
 int pn_readyq_push(pn_readyq *q, void *item);
 
+/* Makes room for n more items, so that n pushes cannot fail.  0 or
+ * -ENOMEM. */
+int pn_readyq_reserve(pn_readyq *q, size_t n);
+
 /* Removes from the head; NULL when empty. */
 static inline void *
 pn_readyq_pop(pn_readyq *q)

@@ -82,6 +82,14 @@ int pn_timerheap_push(pn_timerheap *h, pn_timer *t);
 /* Removes and returns the earliest timer, or NULL. */
 pn_timer *pn_timerheap_pop(pn_timerheap *h);
 
+/* How many timers are due: have when < end. */
+size_t pn_timerheap_count_due(const pn_timerheap *h, double end);
+
+/* Takes out every timer with when < end, n of them (count_due's answer),
+ * and passes each to fn in firing order. */
+void pn_timerheap_take_due(pn_timerheap *h, double end, size_t n,
+                           void (*fn)(pn_timer *t, void *arg), void *arg);
+
 /* Removes a queued timer from anywhere in the heap (O(log n)); a no-op for
  * an unqueued one. */
 void pn_timerheap_remove(pn_timerheap *h, pn_timer *t);

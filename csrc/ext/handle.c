@@ -19,26 +19,21 @@ pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
               PyObject *context, int track)
 {
     pn_handle *h;
-    PyObject *argt;
+    PyObject *argt = NULL;
 
-    if (nargs == 0) {
-        argt = PyTuple_New(0);      /* the shared empty tuple */
-    }
-    else {
+    if (nargs > PN_HANDLE_INLINE_ARGS) {
         argt = PyTuple_New(nargs);
-        if (argt != NULL) {
-            for (Py_ssize_t i = 0; i < nargs; i++) {
-                PyTuple_SET_ITEM(argt, i, Py_NewRef(args[i]));
-            }
+        if (argt == NULL) {
+            return NULL;
         }
-    }
-    if (argt == NULL) {
-        return NULL;
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyTuple_SET_ITEM(argt, i, Py_NewRef(args[i]));
+        }
     }
     if (context == NULL || context == Py_None) {
         context = PyContext_CopyCurrent();
         if (context == NULL) {
-            Py_DECREF(argt);
+            Py_XDECREF(argt);
             return NULL;
         }
     }
@@ -52,13 +47,19 @@ pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
     else {
         h = PyObject_GC_New(pn_handle, tp);
         if (h == NULL) {
-            Py_DECREF(argt);
+            Py_XDECREF(argt);
             Py_DECREF(context);
             return NULL;
         }
     }
     h->callback = Py_NewRef(callback);
     h->args = argt;
+    h->nargs = nargs;
+    if (argt == NULL) {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            h->argv[i] = Py_NewRef(args[i]);
+        }
+    }
     h->context = context;
     h->loop = Py_NewRef(loop);
     h->source_traceback = NULL;
@@ -66,6 +67,7 @@ pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
     h->weakreflist = NULL;
     h->cancelled = 0;
     h->untracked = !track;
+    h->ctx_shared = 0;
     pn_timer_init(&h->timer, 0.0);
     if (track) {
         PyObject_GC_Track(h);
@@ -79,6 +81,11 @@ handle_traverse(pn_handle *h, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(h));
     Py_VISIT(h->callback);
     Py_VISIT(h->args);
+    if (h->nargs <= PN_HANDLE_INLINE_ARGS) {
+        for (Py_ssize_t i = 0; i < h->nargs; i++) {
+            Py_VISIT(h->argv[i]);
+        }
+    }
     Py_VISIT(h->context);
     Py_VISIT(h->loop);
     Py_VISIT(h->source_traceback);
@@ -86,11 +93,26 @@ handle_traverse(pn_handle *h, visitproc visit, void *arg)
     return 0;
 }
 
+/* Drops the callback's arguments, inline and any tuple. */
+static void
+clear_args(pn_handle *h)
+{
+    Py_ssize_t n = h->nargs;
+    h->nargs = 0;
+    if (n <= PN_HANDLE_INLINE_ARGS) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_CLEAR(h->argv[i]);
+        }
+    }
+    Py_CLEAR(h->args);
+}
+
 static int
 handle_clear(pn_handle *h)
 {
     Py_CLEAR(h->callback);
-    Py_CLEAR(h->args);
+    clear_args(h);
+    h->ctx_shared = 0;
     Py_CLEAR(h->context);
     Py_CLEAR(h->loop);
     Py_CLEAR(h->source_traceback);
@@ -126,6 +148,82 @@ pn_handle_pool_clear(pn_state *st)
     }
 }
 
+/* Context snapshots.  A handle scheduled without context= must run in a
+ * copy of the context current when it was scheduled, a copy no other
+ * callback sees (a ContextVar set by one callback must not leak into
+ * another).  Copies taken while the current context keeps the same
+ * variables hold the very same immutable mapping, so one snapshot stands
+ * for all of them until a handle needs a context object of its own: when
+ * its callback runs, or when get_context() hands it out.  The copy made
+ * then is fresh and dies with the handle, while a 100k burst of timers
+ * otherwise kept 100k contexts alive, touched again in deadline order
+ * (bench loop, "100k timers firing"). */
+
+struct one_referent {
+    PyObject *obj;
+    int count;
+};
+
+static int
+note_referent(PyObject *obj, void *arg)
+{
+    struct one_referent *r = arg;
+    r->obj = obj;
+    r->count++;
+    return 0;
+}
+
+/* The variables mapping a Context wraps: its one GC referent when it is
+ * not entered (gc.get_referents shows the same).  NULL when it does not
+ * look like that: then no snapshot is shared. */
+static const void *
+context_vars(PyObject *ctx)
+{
+    struct one_referent r = {NULL, 0};
+    if (!PyContext_CheckExact(ctx) || Py_TYPE(ctx)->tp_traverse == NULL) {
+        return NULL;
+    }
+    (void)Py_TYPE(ctx)->tp_traverse(ctx, note_referent, &r);
+    return r.count == 1 ? r.obj : NULL;
+}
+
+PyObject *
+pn_loop_context_snapshot(pn_loop *loop)
+{
+    PyObject *copy = PyContext_CopyCurrent();
+    const void *vars;
+
+    if (copy == NULL) {
+        return NULL;
+    }
+    vars = context_vars(copy);
+    /* The snapshot keeps its mapping alive, so an equal address is the
+     * same mapping, not a new one at a reused address. */
+    if (vars != NULL && vars == loop->ctx_snapshot_vars) {
+        Py_DECREF(copy);
+        return Py_NewRef(loop->ctx_snapshot);
+    }
+    Py_XSETREF(loop->ctx_snapshot, Py_NewRef(copy));
+    loop->ctx_snapshot_vars = vars;
+    return copy;
+}
+
+int
+pn_handle_own_context(pn_handle *h)
+{
+    PyObject *copy;
+    if (!h->ctx_shared || h->context == NULL) {
+        return 0;
+    }
+    copy = PyContext_Copy(h->context);
+    if (copy == NULL) {
+        return -1;
+    }
+    Py_SETREF(h->context, copy);
+    h->ctx_shared = 0;
+    return 0;
+}
+
 /* The exception being handled, normalised with its traceback; clears it. */
 static PyObject *
 fetch_exception(void)
@@ -151,22 +249,39 @@ pn_handle_run(pn_handle *h)
     PyObject *res = NULL, *exc, *r;
     PyObject *cb = h->callback;
     PyObject *args = h->args;
+    PyObject *stack[PN_HANDLE_INLINE_ARGS];
+    PyObject *const *argp = stack;
+    Py_ssize_t nargs = h->nargs;
 
     if (cb == NULL) {
         return 0;
     }
     /* The callback may cancel its own handle: keep what we call alive. */
     Py_INCREF(cb);
-    Py_INCREF(args);
-    if (PyContext_Enter(h->context) == 0) {
-        res = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
-                                  PyTuple_GET_SIZE(args), NULL);
+    if (nargs > PN_HANDLE_INLINE_ARGS) {
+        Py_INCREF(args);
+        argp = &PyTuple_GET_ITEM(args, 0);
+    }
+    else {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            stack[i] = Py_NewRef(h->argv[i]);
+        }
+    }
+    if (pn_handle_own_context(h) == 0 && PyContext_Enter(h->context) == 0) {
+        res = PyObject_Vectorcall(cb, argp, nargs, NULL);
         if (PyContext_Exit(h->context) < 0) {
             Py_CLEAR(res);
         }
     }
     Py_DECREF(cb);
-    Py_DECREF(args);
+    if (nargs > PN_HANDLE_INLINE_ARGS) {
+        Py_DECREF(args);
+    }
+    else {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            Py_DECREF(stack[i]);
+        }
+    }
     if (res != NULL) {
         Py_DECREF(res);
         return 0;
@@ -197,7 +312,7 @@ pn_handle_cancel_core(pn_handle *h)
 {
     h->cancelled = 1;
     Py_CLEAR(h->callback);
-    Py_CLEAR(h->args);
+    clear_args(h);
 }
 
 static PyObject *
@@ -240,7 +355,16 @@ handle_cancelled(pn_handle *h, PyObject *Py_UNUSED(ignored))
 static PyObject *
 handle_get_context(pn_handle *h, PyObject *Py_UNUSED(ignored))
 {
+    if (pn_handle_own_context(h) < 0) {
+        return NULL;
+    }
     return Py_NewRef(h->context ? h->context : Py_None);
+}
+
+static PyObject *
+handle_get_context_attr(pn_handle *h, void *Py_UNUSED(c))
+{
+    return handle_get_context(h, NULL);
 }
 
 static PyObject *
@@ -272,10 +396,31 @@ handle_get_callback(pn_handle *h, void *Py_UNUSED(c))
     return Py_NewRef(h->callback ? h->callback : Py_None);
 }
 
+/* The arguments as a tuple (kept, so `_args` is the same object each
+ * time), or None once cancelled. */
+static PyObject *
+handle_args_tuple(pn_handle *h)
+{
+    if (h->callback == NULL) {
+        return Py_None;
+    }
+    if (h->args == NULL) {
+        PyObject *t = PyTuple_New(h->nargs);
+        if (t == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < h->nargs; i++) {
+            PyTuple_SET_ITEM(t, i, Py_NewRef(h->argv[i]));
+        }
+        h->args = t;
+    }
+    return h->args;
+}
+
 static PyObject *
 handle_get_args(pn_handle *h, void *Py_UNUSED(c))
 {
-    return Py_NewRef(h->args ? h->args : Py_None);
+    return Py_XNewRef(handle_args_tuple(h));
 }
 
 static PyObject *
@@ -305,8 +450,7 @@ static PyGetSetDef handle_getset[] = {
     {"_cancelled", (getter)handle_get_cancelled, NULL, NULL, NULL},
     {"_loop", (getter)handle_get_obj, NULL, NULL,
      (void *)offsetof(pn_handle, loop)},
-    {"_context", (getter)handle_get_obj, NULL, NULL,
-     (void *)offsetof(pn_handle, context)},
+    {"_context", (getter)handle_get_context_attr, NULL, NULL, NULL},
     {"_source_traceback", (getter)handle_get_obj, (setter)handle_set_obj,
      NULL, (void *)offsetof(pn_handle, source_traceback)},
     {"_repr", (getter)handle_get_obj, (setter)handle_set_obj, NULL,
@@ -428,8 +572,11 @@ timer_richcompare(pn_handle *a, PyObject *other, int op)
         eq = r;
     }
     if (eq) {
-        int r = PyObject_RichCompareBool(a->args ? a->args : Py_None,
-                                         b->args ? b->args : Py_None, Py_EQ);
+        PyObject *aa = handle_args_tuple(a), *ba;
+        int r = -1;
+        if (aa != NULL && (ba = handle_args_tuple(b)) != NULL) {
+            r = PyObject_RichCompareBool(aa, ba, Py_EQ);
+        }
         if (r < 0) {
             return NULL;
         }

@@ -21,15 +21,22 @@ timer_owner(pn_timer *t)
     return (pn_handle *)((char *)t - offsetof(pn_handle, timer));
 }
 
-/* time.monotonic(), computed the same way so the values compare equal. */
+/* A pn_monotonic_ns() reading in seconds, computed as time.monotonic()
+ * computes it so the values compare equal. */
 static inline double
-loop_now(void)
+ns_to_time(int64_t ns)
 {
-    int64_t ns = pn_monotonic_ns();
     if (ns % 1000000000 == 0) {
         return (double)(ns / 1000000000);
     }
     return (double)ns / 1e9;
+}
+
+/* time.monotonic(). */
+static inline double
+loop_now(void)
+{
+    return ns_to_time(pn_monotonic_ns());
 }
 
 /* Misuse checks, with asyncio's messages. */
@@ -107,7 +114,7 @@ check_callback(PyObject *cb, const char *method)
 /* Parses (lead..., callback, *args, context=None) in a vectorcall.
  * `lead` positional arguments come before the callback. */
 static int
-parse_callback_args(const char *method, PyObject *const *args,
+parse_callback_args(pn_state *st, const char *method, PyObject *const *args,
                     Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t lead,
                     PyObject **context)
 {
@@ -116,8 +123,12 @@ parse_callback_args(const char *method, PyObject *const *args,
         Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t i = 0; i < nkw; i++) {
             PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (!PyUnicode_Check(k)
-                || PyUnicode_CompareWithASCIIString(k, "context") != 0) {
+            /* Keyword names are interned by the compiler and by asyncio's
+             * C Task: identity settles it (CPython's C Task passes
+             * context= on every step). */
+            if (k != st->str_context
+                && (!PyUnicode_Check(k)
+                    || PyUnicode_CompareWithASCIIString(k, "context") != 0)) {
                 PyErr_Format(PyExc_TypeError,
                              "%s() got an unexpected keyword argument '%S'",
                              method, k);
@@ -145,6 +156,41 @@ record_source(pn_loop *self, pn_handle *h)
     return h->source_traceback == NULL ? -1 : 0;
 }
 
+/* A queue-owned handle for args[0](*args[1:]) in `context`, or when that
+ * is absent or None in the context current now: then it shares the
+ * loop's snapshot (handle.c). */
+static pn_handle *
+new_queued_handle(pn_loop *self, PyTypeObject *tp, PyObject *const *args,
+                  Py_ssize_t nargs, PyObject *context)
+{
+    int shared = context == NULL || context == Py_None;
+    pn_handle *h;
+
+    if (shared) {
+        context = pn_loop_context_snapshot(self);
+        if (context == NULL) {
+            return NULL;
+        }
+    }
+    h = pn_handle_new(self->st, tp, (PyObject *)self, args[0], args + 1,
+                      nargs - 1, context, 0);
+    if (h != NULL) {
+        h->ctx_shared = (char)shared;
+    }
+    if (shared) {
+        Py_DECREF(context);
+    }
+    return h;
+}
+
+static void
+drop_context_snapshot(pn_loop *self)
+{
+    /* The key first: a later mapping may reuse the address. */
+    self->ctx_snapshot_vars = NULL;
+    Py_CLEAR(self->ctx_snapshot);
+}
+
 static int
 push_ready(pn_loop *self, pn_handle *h)
 {
@@ -165,15 +211,15 @@ schedule_soon(pn_loop *self, const char *method, PyObject *const *args,
     PyObject *context;
     pn_handle *h;
 
-    if (parse_callback_args(method, args, nargs, kwnames, 0, &context) < 0
+    if (parse_callback_args(self->st, method, args, nargs, kwnames, 0,
+                            &context) < 0
         || check_closed(self) < 0 || check_callback(args[0], method) < 0) {
         return NULL;
     }
     if (self->debug && !threadsafe && check_thread(self) < 0) {
         return NULL;
     }
-    h = pn_handle_new(self->st, self->st->HandleType, (PyObject *)self,
-                      args[0], args + 1, nargs - 1, context, 0);
+    h = new_queued_handle(self, self->st->HandleType, args, nargs, context);
     if (h == NULL) {
         return NULL;
     }
@@ -223,8 +269,8 @@ schedule_at(pn_loop *self, const char *method, double when,
     if (self->debug && check_thread(self) < 0) {
         return NULL;
     }
-    h = pn_handle_new(self->st, self->st->TimerHandleType, (PyObject *)self,
-                      args[0], args + 1, nargs - 1, context, 0);
+    h = new_queued_handle(self, self->st->TimerHandleType, args, nargs,
+                          context);
     if (h == NULL) {
         return NULL;
     }
@@ -265,7 +311,7 @@ loop_call_later(pn_loop *self, PyObject *const *args, size_t nargsf,
     PyObject *context;
     double delay;
 
-    if (parse_callback_args("call_later", args, nargs, kwnames, 1,
+    if (parse_callback_args(self->st, "call_later", args, nargs, kwnames, 1,
                             &context) < 0
         || parse_time(args[0], "delay must not be None", &delay) < 0) {
         return NULL;
@@ -282,7 +328,8 @@ loop_call_at(pn_loop *self, PyObject *const *args, size_t nargsf,
     PyObject *context;
     double when;
 
-    if (parse_callback_args("call_at", args, nargs, kwnames, 1, &context)
+    if (parse_callback_args(self->st, "call_at", args, nargs, kwnames, 1,
+                            &context)
             < 0
         || parse_time(args[0], "when cannot be None", &when) < 0) {
         return NULL;
@@ -724,15 +771,60 @@ dispatch_events(pn_loop *self, int n)
     }
 }
 
+/* Waits for I/O with the GIL released and counts the time blocked;
+ * returns pn_poll_wait's result.  A non-blocking look (ready work) reads
+ * no clock: four readings per iteration were a tenth of an await
+ * sleep(0) (bench loop, "await sleep(0)"). */
+static int
+poll_events(pn_loop *self, int64_t timeout_ns)
+{
+    int64_t t0, t1;
+    int n;
+
+    self->n_iterations++;
+    if (timeout_ns == 0) {
+        /* Still released: a thread waiting for the GIL gets it here even
+         * when the callbacks run no bytecode, as with asyncio. */
+        Py_BEGIN_ALLOW_THREADS
+        n = pn_poll_wait(self->poll, self->events, PN_LOOP_MAX_EVENTS, 0);
+        Py_END_ALLOW_THREADS
+        return n;
+    }
+    t0 = pn_monotonic_ns();
+    Py_BEGIN_ALLOW_THREADS
+    n = pn_poll_wait(self->poll, self->events, PN_LOOP_MAX_EVENTS,
+                     timeout_ns);
+    Py_END_ALLOW_THREADS
+    t1 = pn_monotonic_ns();
+    self->ns_polling += t1 - t0;
+    if (self->run_mark_ns != 0) {
+        self->ns_running += t0 - self->run_mark_ns;
+        self->run_mark_ns = t1;
+    }
+    self->now_ns = t1;
+    return n;
+}
+
+/* A due timer: the heap's reference moves to the ready queue (room was
+ * reserved). */
+static void
+fire_timer(pn_timer *t, void *arg)
+{
+    pn_loop *self = arg;
+    (void)pn_readyq_push(&self->ready, timer_owner(t));
+}
+
 static int
 run_once(pn_loop *self)
 {
-    int64_t timeout_ns = -1, t0, t1;
+    int64_t timeout_ns = -1;
     pn_timer *t;
     size_t ntodo;
-    double end;
     int n;
 
+    /* Clock readings are taken only where needed: none at all in an
+     * iteration with ready work and no timers. */
+    self->now_ns = 0;
     if (pn_readyq_len(&self->ready) || self->stopping) {
         timeout_ns = 0;
     }
@@ -747,14 +839,7 @@ run_once(pn_loop *self)
     if (timeout_ns != 0 && PyErr_CheckSignals() < 0) {
         return -1;
     }
-    t0 = pn_monotonic_ns();
-    Py_BEGIN_ALLOW_THREADS
-    n = pn_poll_wait(self->poll, self->events, PN_LOOP_MAX_EVENTS,
-                     timeout_ns);
-    Py_END_ALLOW_THREADS
-    t1 = pn_monotonic_ns();
-    self->ns_polling += t1 - t0;
-    self->n_iterations++;
+    n = poll_events(self, timeout_ns);
     if (n < 0) {
         if (n != -EINTR) {
             pn_raise_errno(-n);
@@ -770,13 +855,18 @@ run_once(pn_loop *self)
         return -1;
     }
 
-    end = loop_now() + self->clock_resolution;
-    while ((t = pn_timerheap_peek(&self->timers)) != NULL && t->when < end) {
-        pn_timerheap_pop(&self->timers);
-        self->n_timers_fired++;
-        /* The heap's reference moves to the ready queue. */
-        if (push_ready(self, timer_owner(t)) < 0) {
-            return -1;
+    if ((t = pn_timerheap_peek(&self->timers)) != NULL) {
+        double end = (self->now_ns ? ns_to_time(self->now_ns) : loop_now())
+                     + self->clock_resolution;
+        size_t due = pn_timerheap_count_due(&self->timers, end);
+        if (due > 0) {
+            /* Room first: then no timer can be lost half way. */
+            if (pn_readyq_reserve(&self->ready, due) < 0) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            pn_timerheap_take_due(&self->timers, end, due, fire_timer, self);
+            self->n_timers_fired += due;
         }
     }
 
@@ -826,24 +916,44 @@ run_once(pn_loop *self)
         }
         pn_handle_release(h);
         if (rc < 0) {
-            self->ns_running += pn_monotonic_ns() - t1;
             return -1;
         }
     }
-    self->ns_running += pn_monotonic_ns() - t1;
     return 0;
+}
+
+/* time_running counts from start_running to stop_running, less the time
+ * blocked in polls (poll_events moves the mark).  A _run_once called from
+ * a callback is inside the outer run already: it changes nothing. */
+static inline int
+start_running(pn_loop *self)
+{
+    if (self->run_mark_ns != 0) {
+        return 0;
+    }
+    self->run_mark_ns = pn_monotonic_ns();
+    return 1;
+}
+
+static inline void
+stop_running(pn_loop *self, int started)
+{
+    if (started) {
+        self->ns_running += pn_monotonic_ns() - self->run_mark_ns;
+        self->run_mark_ns = 0;
+    }
 }
 
 static PyObject *
 loop_pn_run(pn_loop *self, PyObject *Py_UNUSED(ignored))
 {
-    for (;;) {
-        if (run_once(self) < 0) {
-            return NULL;
-        }
-        if (self->stopping || self->closed) {
-            break;
-        }
+    int started = start_running(self), rc;
+    do {
+        rc = run_once(self);
+    } while (rc == 0 && !self->stopping && !self->closed);
+    stop_running(self, started);
+    if (rc < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -851,7 +961,10 @@ loop_pn_run(pn_loop *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_pn_run_once(pn_loop *self, PyObject *Py_UNUSED(ignored))
 {
-    if (run_once(self) < 0) {
+    int started = start_running(self), rc;
+    rc = run_once(self);
+    stop_running(self, started);
+    if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -970,6 +1083,7 @@ loop_pn_close(pn_loop *self, PyObject *Py_UNUSED(ignored))
     pn__loop_watchdog_stop(self);
     self->closed = 1;
     release_all(self);
+    drop_context_snapshot(self);
     free(self->fds);
     self->fds = NULL;
     self->nfds = 0;
@@ -982,6 +1096,10 @@ loop_pn_close(pn_loop *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_stats(pn_loop *self, PyObject *Py_UNUSED(ignored))
 {
+    /* Called from a callback: count the run so far. */
+    int64_t running = self->ns_running
+                      + (self->run_mark_ns ? pn_monotonic_ns()
+                                                 - self->run_mark_ns : 0);
     return Py_BuildValue(
         "{sKsKsKsKsnsnsKsKsdsd}",
         "iterations", (unsigned long long)self->n_iterations,
@@ -994,7 +1112,7 @@ loop_stats(pn_loop *self, PyObject *Py_UNUSED(ignored))
         "completion_batches",
         (unsigned long long)self->n_completion_batches,
         "time_polling", self->ns_polling / 1e9,
-        "time_running", self->ns_running / 1e9);
+        "time_running", running / 1e9);
 }
 
 static PyObject *
@@ -1216,10 +1334,8 @@ loop_new(PyTypeObject *tp, PyObject *Py_UNUSED(args),
 }
 
 static int
-loop_traverse(pn_loop *self, visitproc visit, void *arg)
+visit_queues(pn_loop *self, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->task_factory);
     for (size_t i = 0; i < pn_readyq_len(&self->ready); i++) {
         int r = pn_handle_visit_queued(pn_readyq_at(&self->ready, i), visit,
                                        arg);
@@ -1228,8 +1344,29 @@ loop_traverse(pn_loop *self, visitproc visit, void *arg)
         }
     }
     for (size_t i = 0; i < pn_timerheap_len(&self->timers); i++) {
-        int r = pn_handle_visit_queued(timer_owner(pn_timerheap_at(&self->timers, i)),
-                                       visit, arg);
+        int r = pn_handle_visit_queued(
+            timer_owner(pn_timerheap_at(&self->timers, i)), visit, arg);
+        if (r) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+static int
+loop_traverse(pn_loop *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->task_factory);
+    Py_VISIT(self->ctx_snapshot);
+    /* A running loop is held by the frame running it, so everything its
+     * queues hold is reachable anyway: not reporting it only spares each
+     * collection a walk over every queued handle (100k tasks being created
+     * put 100k handles in the ready queue: bench loop, "create_task +
+     * gather").  Stopped, the queues are reported so that cycles through
+     * them are found. */
+    if (!self->running) {
+        int r = visit_queues(self, visit, arg);
         if (r) {
             return r;
         }
@@ -1246,6 +1383,7 @@ loop_clear(pn_loop *self)
 {
     Py_CLEAR(self->task_factory);
     release_all(self);
+    drop_context_snapshot(self);
     return 0;
 }
 
@@ -1257,6 +1395,7 @@ loop_dealloc(pn_loop *self)
     pn__loop_watchdog_stop(self);
     Py_CLEAR(self->task_factory);
     release_all(self);
+    drop_context_snapshot(self);
     pn_readyq_destroy(&self->ready);
     pn_timerheap_destroy(&self->timers);
     free(self->fds);
@@ -1327,11 +1466,13 @@ pn_loop_exec(PyObject *m, pn_state *st)
             return -1;
         }
     }
+    st->str_context = PyUnicode_InternFromString("context");
     st->str_cancelled = PyUnicode_InternFromString("cancelled");
     st->str_cancel = PyUnicode_InternFromString("cancel");
     st->str_set_result = PyUnicode_InternFromString("set_result");
     st->str_set_exception = PyUnicode_InternFromString("set_exception");
-    if (st->kwnames_loop == NULL || st->str_cancelled == NULL
+    if (st->kwnames_loop == NULL || st->str_context == NULL
+        || st->str_cancelled == NULL
         || st->str_cancel == NULL || st->str_set_result == NULL
         || st->str_set_exception == NULL) {
         return -1;

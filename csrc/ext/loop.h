@@ -15,10 +15,21 @@ struct pn_completion;
 
 /* asyncio.Handle / asyncio.TimerHandle in C.  One struct for both types so
  * the pool can recycle either; `timer` is only used by TimerHandle. */
+/* Up to this many arguments live in the handle itself: the common
+ * call_soon(f), call_soon(f, x) (a future's done callbacks) and
+ * call_soon(f, a, b) allocate no tuple. */
+#define PN_HANDLE_INLINE_ARGS 2
+
 typedef struct pn_handle {
     PyObject_HEAD
     PyObject *callback;         /* NULL once cancelled */
-    PyObject *args;             /* a tuple; NULL once cancelled */
+    /* The arguments: in argv when nargs <= PN_HANDLE_INLINE_ARGS, else in
+     * the tuple `args`; `_args` makes (and keeps) a tuple of inline ones,
+     * which then holds references of its own.  Dropped (nargs 0, args
+     * NULL) once cancelled. */
+    PyObject *args;
+    PyObject *argv[PN_HANDLE_INLINE_ARGS];
+    Py_ssize_t nargs;
     PyObject *context;          /* contextvars.Context the callback runs in */
     PyObject *loop;
     PyObject *source_traceback; /* debug mode only, else NULL */
@@ -29,6 +40,11 @@ typedef struct pn_handle {
      * burst of call_soon would otherwise make every collection walk every
      * queued handle (the loop's traverse reports what they hold). */
     char untracked;
+    /* `context` is the loop's shared snapshot of the context current at
+     * scheduling time (see pn_loop.ctx_snapshot), not yet this handle's
+     * own: pn_handle_own_context copies it before the callback runs or
+     * anyone sees it. */
+    char ctx_shared;
     pn_timer timer;             /* TimerHandle: deadline and heap slot */
 } pn_handle;
 
@@ -66,14 +82,24 @@ typedef struct pn_loop {
     uint64_t n_callbacks;
     uint64_t n_timers_fired;
     uint64_t n_io_events;
-    int64_t ns_polling;
-    int64_t ns_running;
+    int64_t ns_polling;         /* blocked in the poll */
+    int64_t ns_running;         /* in _pn_run/_run_once, not blocked */
+    int64_t run_mark_ns;        /* where ns_running counts from; 0: not */
+    int64_t now_ns;             /* this iteration's clock after a blocking
+                                 * poll, 0 when none was read */
     uint64_t n_completions;
     uint64_t n_completion_batches;
     /* piston.Futures done in other threads, waiting to be delivered to
      * their asyncio futures: a lock-free LIFO pushed by completion hooks
      * (any thread), taken whole by the loop (loop.c). */
     _Atomic(struct pn_completion *) completions;
+    /* A copy of the current context that no one enters or sees, shared by
+     * the handles scheduled (without context=) while the current context
+     * holds the same variables: a timer or call_soon then costs no
+     * Context of its own until it runs (handle.c).  ctx_snapshot_vars is
+     * the immutable mapping it wraps, the key for "the same". */
+    PyObject *ctx_snapshot;
+    const void *ctx_snapshot_vars;
     /* Watchdog (loop_watchdog.c): the loop publishes when each callback
      * starts; the watchdog thread reads it without the GIL. */
     struct pn_watchdog *watchdog;   /* NULL when off */
@@ -120,6 +146,11 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
         Py_VISIT((PyObject *)Py_TYPE(h));
         Py_VISIT(h->callback);
         Py_VISIT(h->args);
+        if (h->nargs <= PN_HANDLE_INLINE_ARGS) {
+            for (Py_ssize_t i = 0; i < h->nargs; i++) {
+                Py_VISIT(h->argv[i]);
+            }
+        }
         Py_VISIT(h->context);
         Py_VISIT(h->loop);
         Py_VISIT(h->source_traceback);
@@ -132,6 +163,16 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
  * loop._pn_callback_error (asyncio's "Exception in callback" report) and
  * 0 is returned; -1 only for SystemExit/KeyboardInterrupt, left set. */
 int pn_handle_run(pn_handle *h);
+
+/* The loop's context snapshot equal to a copy of the current context (a
+ * new reference: a callback run by a collection may replace the loop's
+ * own), for a handle to share (then mark it ctx_shared); NULL with an
+ * exception. */
+PyObject *pn_loop_context_snapshot(pn_loop *loop);
+
+/* Gives a handle sharing the loop's snapshot a context of its own (a copy
+ * of the snapshot: the same variables).  0, or -1 with an exception. */
+int pn_handle_own_context(pn_handle *h);
 
 /* Drops the callback and args, marks cancelled; for a TimerHandle also
  * takes it out of its loop's heap. */

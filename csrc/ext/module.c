@@ -22,8 +22,8 @@
     X(HandleType) X(TimerHandleType) X(LoopCoreType) X(handle_repr)         \
     X(extract_stack) X(aio_Future) X(aio_Task) X(aio_convert_exc)           \
     X(kwnames_task[0]) X(kwnames_task[1]) X(kwnames_task[2])                \
-    X(kwnames_task[3]) X(kwnames_loop) X(str_cancelled) X(str_cancel)       \
-    X(str_set_result) X(str_set_exception)                                  \
+    X(kwnames_task[3]) X(kwnames_loop) X(str_context) X(str_cancelled)      \
+    X(str_cancel) X(str_set_result) X(str_set_exception)                    \
     /* stream */                                                            \
     X(StreamTransportType) X(aio_BufferedProtocol) X(aio_TransportSocket)   \
     X(aio_set_nodelay) X(aio_set_result_unless_cancelled) X(aio_logger)     \

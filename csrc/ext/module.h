@@ -63,6 +63,7 @@ typedef struct pn_state {
     PyObject *aio_convert_exc;      /* asyncio.futures._convert_future_exc */
     PyObject *kwnames_task[4];      /* ("loop",), +"name", +"context", both */
     PyObject *kwnames_loop;         /* ("loop",) for Future(loop=...) */
+    PyObject *str_context;          /* "context", interned: keyword checks */
     PyObject *str_cancelled;        /* asyncio.Future method names */
     PyObject *str_cancel;
     PyObject *str_set_result;

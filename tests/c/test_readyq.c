@@ -38,8 +38,41 @@ PN_TEST(fifo_wraps_and_grows)
     pn_readyq_destroy(&q);
 }
 
+PN_TEST(reserve_keeps_order)
+{
+    pn_readyq q;
+    uintptr_t next_in = 1, next_out = 1;
+    size_t cap;
+
+    pn_readyq_init(&q);
+    /* Wrapped, then reserved past the capacity: order survives. */
+    for (int i = 0; i < 200; i++) {
+        CHECK(pn_readyq_push(&q, (void *)next_in++) == 0);
+    }
+    for (int i = 0; i < 150; i++) {
+        CHECK(pn_readyq_pop(&q) == (void *)next_out++);
+    }
+    for (int i = 0; i < 150; i++) {
+        CHECK(pn_readyq_push(&q, (void *)next_in++) == 0);
+    }
+    CHECK(pn_readyq_reserve(&q, 5000) == 0);
+    cap = q.cap;
+    CHECK(cap - pn_readyq_len(&q) >= 5000);
+    for (int i = 0; i < 5000; i++) {
+        CHECK(pn_readyq_push(&q, (void *)next_in++) == 0);
+    }
+    CHECK(q.cap == cap);        /* no growth after the reserve */
+    CHECK(pn_readyq_reserve(&q, 0) == 0);
+    while (pn_readyq_len(&q)) {
+        CHECK(pn_readyq_pop(&q) == (void *)next_out++);
+    }
+    CHECK(next_in == next_out);
+    pn_readyq_destroy(&q);
+}
+
 static const pn_test_case cases[] = {
     PN_CASE(fifo_wraps_and_grows),
+    PN_CASE(reserve_keeps_order),
     {NULL, NULL},
 };
 
