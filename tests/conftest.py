@@ -154,6 +154,14 @@ def pytest_configure(config):
         _HANG_DUMP_FILE = os.fdopen(os.dup(fd), "w", closefd=True)
 
 
+def pytest_unconfigure(config):
+    global _HANG_DUMP_FILE
+    faulthandler.cancel_dump_traceback_later()
+    if _HANG_DUMP_FILE not in (None, sys.__stderr__):
+        _HANG_DUMP_FILE.close()
+    _HANG_DUMP_FILE = None
+
+
 def _alive_extra(baseline):
     return [t for t in threading.enumerate()
             if t not in baseline and t.is_alive()]

@@ -1,6 +1,7 @@
 /* piston's Handle and TimerHandle: asyncio's callback handles in C, pooled
  * so that call_soon allocates nothing at steady state. */
 #include "ext/loop.h"
+#include "ext/wait.h"
 
 #include <structmember.h>
 
@@ -224,25 +225,6 @@ pn_handle_own_context(pn_handle *h)
     return 0;
 }
 
-/* The exception being handled, normalised with its traceback; clears it. */
-static PyObject *
-fetch_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (value != NULL && tb != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
-#endif
-}
-
 int
 pn_handle_run(pn_handle *h)
 {
@@ -290,7 +272,7 @@ pn_handle_run(pn_handle *h)
         || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
         return -1;
     }
-    exc = fetch_exception();
+    exc = pn_fetch_exception();
     r = PyObject_CallMethod(h->loop, "_pn_callback_error", "OO",
                             (PyObject *)h, exc ? exc : Py_None);
     Py_XDECREF(exc);
