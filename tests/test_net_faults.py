@@ -16,7 +16,7 @@ import time
 import pytest
 
 from net_support import (  # noqa: F401 - fixtures
-    env_with_piston, kind, loop, run)
+    HAS_IPV6, env_with_piston, kind, loop, run)
 
 
 def _open_fds():
@@ -268,18 +268,9 @@ def test_peer_resets_mid_write(loop):
     assert not loop.errors
 
 
-def _have_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_connect_refused(loop, family):
-    if family == "ipv6" and not _have_ipv6():
+    if family == "ipv6" and not HAS_IPV6:
         pytest.skip("no IPv6 loopback")
     af, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" \
         else (socket.AF_INET6, "::1")
