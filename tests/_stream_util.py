@@ -3,9 +3,10 @@ fixture, recording (and echoing) Protocols and a BufferedProtocol,
 connected pairs."""
 import asyncio
 import os
+import socket
 
 from loop_fixtures import kind, loop_fixture, run  # noqa: F401
-from net_support import HAS_IPV6  # noqa: F401
+from net_support import HAS_IPV6, reset  # noqa: F401
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CERT = os.path.join(DATA, "stream_tls_cert.pem")
@@ -137,6 +138,16 @@ async def tcp_pair(loop, server_proto=None, client_proto=None,
         while not hasattr(sp, "transport"):
             await asyncio.sleep(0.001)
     return srv, sp, cp
+
+
+async def raw_peer(loop, sp):
+    """A server whose one connection gets protocol `sp` (a Rec), and the
+    plain blocking socket on the other end."""
+    srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    raw = socket.create_connection(("127.0.0.1", port))
+    await sp.made
+    return srv, raw
 
 
 async def shutdown(srv, *protos):

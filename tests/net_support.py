@@ -8,6 +8,7 @@ import importlib
 import os
 import random
 import socket
+import struct
 
 import pytest
 
@@ -31,6 +32,13 @@ def _have_ipv6():
 
 # Whether this host can bind ::1 (containers often cannot).
 HAS_IPV6 = _have_ipv6()
+
+
+def reset(sock):
+    """Closes sock with SO_LINGER 0: the kernel sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def require(name):
