@@ -22,6 +22,9 @@ HERE = Path(__file__).resolve().parent
 C_DIR = HERE / "c"
 SERVER_SCRIPT = HERE / "_net_server.py"
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra"]
+# What the C programs #include from C_DIR (found beside the .c file, so no
+# -I is needed); part of the cache key, so an edit rebuilds them.
+C_HEADERS = ["netcommon.h"]
 START_TIMEOUT_S = 30
 
 
@@ -85,13 +88,19 @@ def compiler() -> str:
 
 def build(name: str, extra_flags: List[str] = ()) -> str:
     """The path of benchmarks/c/NAME.c compiled with ``cc -O2``, built once
-    per source and flags and kept in the cache directory."""
+    per source, shared headers and flags and kept in the cache directory."""
     src = C_DIR / f"{name}.c"
     if not src.is_file():
         raise Unavailable(f"{src} is missing from this installation")
+    headers = [C_DIR / h for h in C_HEADERS]
+    missing = [h for h in headers if not h.is_file()]
+    if missing:
+        raise Unavailable(f"{missing[0]} is missing from this installation")
     cc = compiler()
     flags = CFLAGS + list(extra_flags)
-    key = hashlib.sha256(src.read_bytes() + repr((cc, flags)).encode())
+    key = hashlib.sha256(src.read_bytes()
+                         + b"".join(h.read_bytes() for h in headers)
+                         + repr((cc, flags)).encode())
     out = cache_dir() / f"{name}-{key.hexdigest()[:16]}"
     if out.exists():
         return str(out)

@@ -1,44 +1,22 @@
 """Helpers shared by the stream transport tests: the asyncio/piston loop
-fixture, a recording Protocol and BufferedProtocol, connected pairs."""
+fixture, recording (and echoing) Protocols and a BufferedProtocol,
+connected pairs."""
 import asyncio
 import os
 import socket
 
-import pytest
-
-import piston
+from loop_fixtures import kind, loop_fixture, run  # noqa: F401
+from net_support import HAS_IPV6, reset  # noqa: F401
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CERT = os.path.join(DATA, "stream_tls_cert.pem")
 KEY = os.path.join(DATA, "stream_tls_key.pem")
-HAS_IPV6 = socket.has_ipv6
-try:
-    socket.socket(socket.AF_INET6).close()
-    socket.getaddrinfo("::1", 0, socket.AF_INET6)
-except OSError:
-    HAS_IPV6 = False
 
 
-@pytest.fixture(params=["asyncio", "piston"])
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def loop(kind):
-    lp = asyncio.new_event_loop() if kind == "asyncio" else \
-        piston.new_event_loop()
-    errors = []
-    lp.set_exception_handler(lambda loop, ctx: errors.append(ctx))
-    lp.errors = errors
-    yield lp
-    if not lp.is_closed():
-        lp.run_until_complete(lp.shutdown_default_executor())
-        lp.close()
-
-
-def run(loop, coro, timeout=20):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+# kind, run: the asyncio/piston parameter and the runner; the loop
+# records what reaches its exception handler in `loop.errors` and does not
+# log it.
+loop = loop_fixture(record_errors=True, log_errors=False)
 
 
 class Rec(asyncio.Protocol):
@@ -100,6 +78,14 @@ class Rec(asyncio.Protocol):
         return bytes(self.data)
 
 
+class EchoRec(Rec):
+    """A Rec that also writes back everything it receives."""
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(data)
+
+
 class Buffered(asyncio.BufferedProtocol):
     def __init__(self, loop, size=4096):
         self.loop = loop
@@ -152,6 +138,16 @@ async def tcp_pair(loop, server_proto=None, client_proto=None,
         while not hasattr(sp, "transport"):
             await asyncio.sleep(0.001)
     return srv, sp, cp
+
+
+async def raw_peer(loop, sp):
+    """A server whose one connection gets protocol `sp` (a Rec), and the
+    plain blocking socket on the other end."""
+    srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    raw = socket.create_connection(("127.0.0.1", port))
+    await sp.made
+    return srv, raw
 
 
 async def shutdown(srv, *protos):

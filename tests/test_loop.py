@@ -16,25 +16,13 @@ import weakref
 import pytest
 
 import piston
+# kind: "asyncio" or "piston"; PYPATH: the directory subprocesses import
+# this piston from.
+from loop_fixtures import PYPATH, kind, loop_fixture  # noqa: F401
 
-# Subprocesses import the same piston as this process (a checkout's python/
-# or the installed package).
-PYPATH = os.path.dirname(os.path.dirname(os.path.abspath(piston.__file__)))
-
-
-@pytest.fixture(params=["asyncio", "piston"])
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def loop(kind):
-    lp = asyncio.new_event_loop() if kind == "asyncio" else \
-        piston.new_event_loop()
-    yield lp
-    if not lp.is_closed():
-        lp.run_until_complete(lp.shutdown_default_executor())
-        lp.close()
+# A fresh loop of each kind with no exception handler set (some tests
+# check asyncio's default).
+loop = loop_fixture()
 
 
 def run_script(code, timeout=30, env=None, **kw):

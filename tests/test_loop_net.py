@@ -10,13 +10,11 @@ import sys
 
 import pytest
 
-from test_loop import kind, loop  # noqa: F401 - fixtures
+from loop_fixtures import kind, loop_fixture, run  # noqa: F401 - fixtures
 
 PY313 = sys.version_info >= (3, 13)
 
-
-def run(loop, coro, timeout=30):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+loop = loop_fixture()
 
 
 @pytest.fixture

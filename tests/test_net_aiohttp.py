@@ -4,11 +4,11 @@ socket: echoed payloads and checksums of random bytes, many requests."""
 import asyncio
 import hashlib
 import random
-import socket
 
 import pytest
 
-from net_support import kind, loop, require, run  # noqa: F401 - fixtures
+from net_support import (  # noqa: F401 - fixtures
+    HAS_IPV6, blob, httpx_echo_and_blob, kind, loop, require, run)
 
 aiohttp = require("aiohttp")
 httpx = require("httpx")
@@ -20,10 +20,6 @@ N_HTTPX = 100
 BIG = 16 << 20
 
 
-def _blob(seed, n):
-    return random.Random(seed).randbytes(n)
-
-
 async def _echo(request):
     body = await request.read()
     return web.Response(body=body, headers={
@@ -33,7 +29,7 @@ async def _echo(request):
 async def _blob_handler(request):
     """A deterministic random body, streamed chunked in random slices."""
     seed = int(request.query["seed"])
-    data = _blob(seed, int(request.query["n"]))
+    data = blob(seed, int(request.query["n"]))
     resp = web.StreamResponse()
     resp.enable_chunked_encoding()
     await resp.prepare(request)
@@ -47,18 +43,9 @@ async def _blob_handler(request):
     return resp
 
 
-def _have_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(params=["127.0.0.1", "::1", "unix"])
 def where(request):
-    if request.param == "::1" and not _have_ipv6():
+    if request.param == "::1" and not HAS_IPV6:
         pytest.skip("no IPv6 loopback on this machine")
     return request.param
 
@@ -72,7 +59,7 @@ def server(loop, where, tmp_path):
     # A file: aiohttp sends it with loop.sendfile() (os.sendfile, or the
     # loop's fallback when the transport cannot).
     (tmp_path / "static").mkdir()
-    (tmp_path / "static" / "file.bin").write_bytes(_blob(5, BIG))
+    (tmp_path / "static" / "file.bin").write_bytes(blob(5, BIG))
     app.router.add_static("/static", tmp_path / "static")
     runner = web.AppRunner(app)
     run(loop, runner.setup())
@@ -132,14 +119,14 @@ def test_aiohttp_client(loop, server):
                 h = hashlib.sha256()
                 async for chunk in r.content.iter_any():
                     h.update(chunk)
-            assert h.digest() == hashlib.sha256(_blob(7, BIG)).digest()
+            assert h.digest() == hashlib.sha256(blob(7, BIG)).digest()
 
-            big = _blob(8, BIG)
+            big = blob(8, BIG)
             async with session.post(base + "/echo", data=big) as r:
                 assert await r.read() == big
 
             async with session.get(base + "/static/file.bin") as r:
-                assert await r.read() == _blob(5, BIG)
+                assert await r.read() == blob(5, BIG)
             # Ranges of it, many at once.
             ranges = [(i * 100003, i * 100003 + 65535) for i in range(40)]
 
@@ -150,8 +137,8 @@ def test_aiohttp_client(loop, server):
                     assert r.status == 206
                     return await r.read()
             parts = await asyncio.gather(*(part(*rg) for rg in ranges))
-            blob = _blob(5, BIG)
-            assert parts == [blob[lo:hi + 1] for lo, hi in ranges]
+            whole = blob(5, BIG)
+            assert parts == [whole[lo:hi + 1] for lo, hi in ranges]
 
     run(loop, main())
     assert not loop.errors
@@ -162,26 +149,8 @@ def test_httpx_client(loop, server):
 
     async def main():
         async with _httpx_client(uds) as client:
-            async def one(body):
-                r = await client.post(base + "/echo", content=body)
-                assert r.status_code == 200
-                assert r.headers["x-sha256"] == \
-                    hashlib.sha256(body).hexdigest()
-                return r.content
-
-            bodies = _payloads(2, N_HTTPX)
-            assert await asyncio.gather(*map(one, bodies)) == bodies
-
-            h = hashlib.sha256()
-            async with client.stream("GET", base + "/blob",
-                                     params={"seed": 9, "n": BIG}) as r:
-                async for chunk in r.aiter_raw():
-                    h.update(chunk)
-            assert h.digest() == hashlib.sha256(_blob(9, BIG)).digest()
-
-            big = _blob(10, BIG)
-            r = await client.post(base + "/echo", content=big)
-            assert r.content == big
+            await httpx_echo_and_blob(client, base, _payloads(2, N_HTTPX),
+                                      9, 10, BIG)
 
     run(loop, main())
     assert not loop.errors

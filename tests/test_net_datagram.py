@@ -9,21 +9,12 @@ import socket
 
 import pytest
 
-from net_support import kind, loop, run  # noqa: F401 - fixtures
+from net_support import HAS_IPV6, kind, loop, run  # noqa: F401
 
 # Datagrams in flight at once, and their largest size: together small
 # enough for the receive buffers (default rmem), so loopback drops none.
 WINDOW = 8
 SIZES = [1, 2, 512, 8192]
-
-
-def _have_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 class EchoDatagram(asyncio.DatagramProtocol):
@@ -66,7 +57,7 @@ async def _echo_round_trips(transport, rx, rng, count, window, sizes):
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
 def test_echo(loop, family, tmp_path):
-    if family == "ipv6" and not _have_ipv6():
+    if family == "ipv6" and not HAS_IPV6:
         pytest.skip("no IPv6 loopback")
     rng = random.Random(61)
 
@@ -109,7 +100,7 @@ def test_port_unreachable(loop, family):
     """A connected UDP socket to a closed port: the ICMP port-unreachable
     reply comes back as error_received(ConnectionRefusedError), and the
     endpoint stays usable."""
-    if family == "ipv6" and not _have_ipv6():
+    if family == "ipv6" and not HAS_IPV6:
         pytest.skip("no IPv6 loopback")
     af, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" \
         else (socket.AF_INET6, "::1")

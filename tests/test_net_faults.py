@@ -8,7 +8,6 @@ import os
 import random
 import selectors
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import time
 import pytest
 
 from net_support import (  # noqa: F401 - fixtures
-    env_with_piston, kind, loop, run)
+    HAS_IPV6, env_with_piston, kind, loop, reset, run)
 
 
 def _open_fds():
@@ -171,13 +170,6 @@ def test_emfile_during_accept(kind, tmp_path):
         proc.stdout.close()
 
 
-def _reset(sock):
-    """Close with SO_LINGER 0: the kernel sends RST instead of FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                    struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def test_peer_resets_mid_write(loop):
     """Peers that reset while the server is writing to them (or only
     reading): each server transport sees connection_lost once, with a
@@ -224,7 +216,7 @@ def test_peer_resets_mid_write(loop):
             await loop.sock_connect(peer, ("127.0.0.1", port))
             for _ in range(rng.randint(0, 3)):
                 await loop.sock_recv(peer, rng.randint(1, 1 << 20))
-            _reset(peer)
+            reset(peer)
         excs = await asyncio.gather(*(s.done for s in servers))
         for s, exc in zip(servers, excs):
             assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), \
@@ -250,7 +242,7 @@ def test_peer_resets_mid_write(loop):
             peer.setblocking(False)
             await loop.sock_connect(peer, ("127.0.0.1", port))
             await loop.sock_sendall(peer, os.urandom(rng.randint(1, 50000)))
-            _reset(peer)
+            reset(peer)
         while len(lost) < 20:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
@@ -268,18 +260,9 @@ def test_peer_resets_mid_write(loop):
     assert not loop.errors
 
 
-def _have_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_connect_refused(loop, family):
-    if family == "ipv6" and not _have_ipv6():
+    if family == "ipv6" and not HAS_IPV6:
         pytest.skip("no IPv6 loopback")
     af, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" \
         else (socket.AF_INET6, "::1")

@@ -6,7 +6,8 @@ import hashlib
 import os
 import random
 
-from net_support import kind, loop, run  # noqa: F401 - fixtures
+from net_support import (  # noqa: F401 - fixtures
+    FlowControlled, kind, loop, run)
 
 
 class PipeReader(asyncio.Protocol):
@@ -33,19 +34,10 @@ class PipeReader(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-class PipeWriter(asyncio.BaseProtocol):
+class PipeWriter(FlowControlled):
     def __init__(self):
+        super().__init__()
         self.lost = asyncio.get_running_loop().create_future()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-        self.pauses = 0
-
-    def pause_writing(self):
-        self.pauses += 1
-        self.can_write.clear()
-
-    def resume_writing(self):
-        self.can_write.set()
 
     def connection_lost(self, exc):
         self.can_write.set()

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from net_support import (  # noqa: F401 - fixtures
-    env_with_piston, kind, loop, run)
+    FlowControlled, HashSink, env_with_piston, kind, loop, run)
 
 N_CONN = 10_000
 GIB = 1 << 30
@@ -168,37 +168,11 @@ def _gib_digest():
 def test_one_gib_one_connection(loop):
     expected = _gib_digest()
 
-    class Sink(asyncio.Protocol):
-        def __init__(self):
-            self.h = hashlib.sha1()
-            self.n = 0
-            self.done = loop.create_future()
-
-        def data_received(self, data):
-            self.h.update(data)
-            self.n += len(data)
-
-        def eof_received(self):
-            self.done.set_result((self.n, self.h.digest()))
-
-    class Source(asyncio.Protocol):
-        def __init__(self):
-            self.can_write = asyncio.Event()
-            self.can_write.set()
-            self.pauses = 0
-
-        def pause_writing(self):
-            self.pauses += 1
-            self.can_write.clear()
-
-        def resume_writing(self):
-            self.can_write.set()
-
     async def main():
-        sink = Sink()
+        sink = HashSink()
         server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        tr, src = await loop.create_connection(Source, "127.0.0.1", port)
+        tr, src = await loop.create_connection(FlowControlled, "127.0.0.1", port)
         for chunk in _gib_chunks():
             await src.can_write.wait()
             tr.write(chunk)
@@ -393,21 +367,8 @@ def test_sendfile(loop, tmp_path):
     lo, count = 12345, (8 << 20) + 1
     expected = hashlib.sha1(data + data[lo:lo + count]).digest()
 
-    class Sink(asyncio.Protocol):
-        def __init__(self):
-            self.h = hashlib.sha1()
-            self.n = 0
-            self.done = loop.create_future()
-
-        def data_received(self, data):
-            self.h.update(data)
-            self.n += len(data)
-
-        def eof_received(self):
-            self.done.set_result((self.n, self.h.digest()))
-
     async def main():
-        sink = Sink()
+        sink = HashSink()
         server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1",

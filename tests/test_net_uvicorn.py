@@ -2,8 +2,6 @@
 piston:new_event_loop` in a subprocess (or uvicorn's asyncio loop, the
 baseline), fetched by httpx and a websockets client on the loop under
 test; the server must stop cleanly on SIGTERM."""
-import asyncio
-import hashlib
 import os
 import random
 import re
@@ -15,7 +13,8 @@ import time
 import pytest
 
 from net_support import (  # noqa: F401 - fixtures
-    env_with_piston, kind, loop, loop_factory_path, require, run)
+    blob, env_with_piston, httpx_echo_and_blob, kind, loop,
+    loop_factory_path, require, run)
 
 httpx = require("httpx")
 require("uvicorn")
@@ -96,10 +95,6 @@ def server(kind, tmp_path, request):
         srv.kill()
 
 
-def _blob(seed, n):
-    return random.Random(seed).randbytes(n)
-
-
 def _client(uds):
     transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
     return httpx.AsyncClient(transport=transport, timeout=30,
@@ -118,23 +113,7 @@ def test_http(loop, kind, server):
             rng = random.Random(3)
             bodies = [rng.randbytes(rng.choice([0, 7, 5000, 100000]))
                       for _ in range(100)]
-
-            async def one(body):
-                r = await client.post(base + "/echo", content=body)
-                assert r.headers["x-sha256"] == \
-                    hashlib.sha256(body).hexdigest()
-                return r.content
-            assert await asyncio.gather(*map(one, bodies)) == bodies
-
-            h = hashlib.sha256()
-            async with client.stream("GET", base + "/blob",
-                                     params={"seed": 4, "n": BIG}) as r:
-                async for chunk in r.aiter_raw():
-                    h.update(chunk)
-            assert h.digest() == hashlib.sha256(_blob(4, BIG)).digest()
-            big = _blob(5, BIG)
-            assert (await client.post(base + "/echo", content=big)).content \
-                == big
+            await httpx_echo_and_blob(client, base, bodies, 4, 5, BIG)
 
     run(loop, main())
     server.stop()
@@ -159,7 +138,7 @@ def test_websocket(loop, server):
                 data = rng.randbytes(i * 1000)
                 await ws.send(data)
                 assert await ws.recv() == data
-            big = _blob(7, BIG)
+            big = blob(7, BIG)
             await ws.send(big)
             assert await ws.recv() == big
             await (await ws.ping(b"hello"))

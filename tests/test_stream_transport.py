@@ -14,8 +14,8 @@ import warnings
 import pytest
 
 # kind, loop: the asyncio/piston fixtures.
-from _stream_util import (CERT, HAS_IPV6, KEY, Buffered, Rec,  # noqa: F401
-                          kind, loop, run, shutdown, tcp_pair)
+from _stream_util import (CERT, HAS_IPV6, KEY, Buffered,  # noqa: F401
+                          EchoRec, Rec, kind, loop, run, shutdown, tcp_pair)
 
 
 # Identity.
@@ -44,13 +44,8 @@ def test_protocol_echo(loop, host):
     if host == "::1" and not HAS_IPV6:
         pytest.skip("no IPv6")
 
-    class Echo(Rec):
-        def data_received(self, data):
-            super().data_received(data)
-            self.transport.write(data)
-
     async def main():
-        srv, sp, cp = await tcp_pair(loop, Echo(loop), host=host)
+        srv, sp, cp = await tcp_pair(loop, EchoRec(loop), host=host)
         total = b""
         for i in range(50):
             msg = bytes([i % 256]) * (1 + i * 97)
@@ -68,14 +63,9 @@ def test_protocol_echo(loop, host):
 
 
 def test_buffered_protocol_echo(loop):
-    class Echo(Rec):
-        def data_received(self, data):
-            super().data_received(data)
-            self.transport.write(data)
-
     async def main():
         bp = Buffered(loop, size=100)
-        srv, sp, cp = await tcp_pair(loop, Echo(loop), bp)
+        srv, sp, cp = await tcp_pair(loop, EchoRec(loop), bp)
         payload = os.urandom(10000)
         bp.transport.write(payload)
         assert await bp.wait_bytes(len(payload)) == payload
@@ -616,13 +606,8 @@ def test_start_tls(loop):
 def test_unix_socket_echo(loop, tmp_path):
     path = str(tmp_path / "echo.sock")
 
-    class Echo(Rec):
-        def data_received(self, data):
-            super().data_received(data)
-            self.transport.write(data)
-
     async def main():
-        sp = Echo(loop)
+        sp = EchoRec(loop)
         srv = await loop.create_unix_server(lambda: sp, path)
         cp = Rec(loop)
         t, _ = await loop.create_unix_connection(lambda: cp, path)

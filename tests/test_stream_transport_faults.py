@@ -7,15 +7,14 @@ import gc
 import logging
 import os
 import socket
-import struct
 import warnings
 
 import pytest
 
 import piston
 # kind, loop: the asyncio/piston fixtures.
-from _stream_util import (Rec, kind, loop, run, shutdown,  # noqa: F401
-                          tcp_pair)
+from _stream_util import (Rec, kind, loop, raw_peer, reset,  # noqa: F401
+                          run, shutdown, tcp_pair)
 
 
 # Hostile peers and broken fds.
@@ -23,16 +22,11 @@ from _stream_util import (Rec, kind, loop, run, shutdown,  # noqa: F401
 def test_peer_reset_mid_write(loop):
     async def main():
         sp = Rec(loop)
-        srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        raw = socket.create_connection(("127.0.0.1", port))
-        await sp.made
+        srv, raw = await raw_peer(loop, sp)
         t = sp.transport
         t.write(b"r" * (4 << 20))
         assert t.get_write_buffer_size() > 0
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                       struct.pack("ii", 1, 0))
-        raw.close()                 # RST
+        reset(raw)
         while not sp.lost.done():
             t.write(b"more")        # never raises
             await asyncio.sleep(0.01)
@@ -52,10 +46,7 @@ def test_write_to_closed_peer_epipe(loop):
     async def main():
         sp = Rec(loop)
         sp.eof_result = True
-        srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        raw = socket.create_connection(("127.0.0.1", port))
-        await sp.made
+        srv, raw = await raw_peer(loop, sp)
         raw.close()
         await sp.eof
         for _ in range(1000):
@@ -87,15 +78,10 @@ def test_unconnected_socket_enotconn(loop):
 def test_peer_reset_while_reading(loop):
     async def main():
         sp = Rec(loop)
-        srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        raw = socket.create_connection(("127.0.0.1", port))
-        await sp.made
+        srv, raw = await raw_peer(loop, sp)
         raw.sendall(b"hi")
         await sp.wait_bytes(2)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                       struct.pack("ii", 1, 0))
-        raw.close()
+        reset(raw)
         exc = await sp.lost
         assert isinstance(exc, ConnectionResetError)
         srv.close()
@@ -211,13 +197,8 @@ def test_debug_mode_logs_socket_errors(loop, caplog):
 
     async def main():
         sp = Rec(loop)
-        srv = await loop.create_server(lambda: sp, "127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        raw = socket.create_connection(("127.0.0.1", port))
-        await sp.made
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                       struct.pack("ii", 1, 0))
-        raw.close()
+        srv, raw = await raw_peer(loop, sp)
+        reset(raw)
         assert isinstance(await sp.lost, ConnectionResetError)
         srv.close()
         await srv.wait_closed()

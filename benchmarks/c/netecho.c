@@ -10,20 +10,13 @@
  * Once listening it prints "READY <port>" (0 for a Unix socket) on stdout.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
+#define NET_PROG "netecho"
 #include <netinet/tcp.h>
 #include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
+
+#include "netcommon.h"
 
 /* asyncio's own read size, so every server moves the same chunks. */
 #define BUF_SIZE (256 * 1024)
@@ -36,65 +29,24 @@ struct conn {
     unsigned char *buf;
 };
 
-static void
-die(const char *what)
-{
-    fprintf(stderr, "netecho: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
-
 static int
 listen_on(const char *tcp, const char *unix_path, int *port)
 {
-    int fd, one = 1;
-    *port = 0;
-    if (unix_path != NULL) {
-        struct sockaddr_un sun;
-        memset(&sun, 0, sizeof(sun));
-        sun.sun_family = AF_UNIX;
-        if (strlen(unix_path) >= sizeof(sun.sun_path)) {
-            fprintf(stderr, "netecho: unix socket path too long\n");
-            exit(1);
-        }
-        strcpy(sun.sun_path, unix_path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            die("socket");
-        }
-        if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-            die("bind");
-        }
-    }
-    else {
-        char host[256];
-        const char *colon = strrchr(tcp, ':');
-        struct sockaddr_in sin;
-        socklen_t slen = sizeof(sin);
-        if (colon == NULL || (size_t)(colon - tcp) >= sizeof(host)) {
-            fprintf(stderr, "netecho: -t wants HOST:PORT\n");
-            exit(2);
-        }
-        memcpy(host, tcp, (size_t)(colon - tcp));
-        host[colon - tcp] = '\0';
-        memset(&sin, 0, sizeof(sin));
-        sin.sin_family = AF_INET;
-        sin.sin_port = htons((uint16_t)atoi(colon + 1));
-        if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) {
-            fprintf(stderr, "netecho: -t wants a numeric IPv4 address\n");
-            exit(2);
-        }
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            die("socket");
-        }
+    union net_addr addr;
+    socklen_t len = net_address(tcp, unix_path, &addr, 2);
+    int fd = net_socket(&addr, SOCK_NONBLOCK), one = 1;
+    if (tcp != NULL) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
-            die("bind");
-        }
-        if (getsockname(fd, (struct sockaddr *)&sin, &slen) < 0) {
+    }
+    if (bind(fd, &addr.sa, len) < 0) {
+        die("bind");
+    }
+    *port = 0;
+    if (tcp != NULL) {
+        if (getsockname(fd, &addr.sa, &len) < 0) {
             die("getsockname");
         }
-        *port = ntohs(sin.sin_port);
+        *port = ntohs(addr.sin.sin_port);
     }
     if (listen(fd, 1024) < 0) {
         die("listen");
@@ -105,12 +57,7 @@ listen_on(const char *tcp, const char *unix_path, int *port)
 static void
 watch(int ep, struct conn *c, uint32_t events, int op)
 {
-    struct epoll_event ev;
-    ev.events = events;
-    ev.data.ptr = c;
-    if (epoll_ctl(ep, op, c->fd, &ev) < 0) {
-        die("epoll_ctl");
-    }
+    net_epoll_ctl(ep, op, c->fd, events, c);
 }
 
 static void
@@ -203,8 +150,7 @@ accept_all(int ep, int lfd, int tcp)
         }
         struct conn *c = calloc(1, sizeof(*c));
         if (c == NULL || (c->buf = malloc(BUF_SIZE)) == NULL) {
-            fprintf(stderr, "netecho: out of memory\n");
-            exit(1);
+            fail("out of memory");
         }
         c->fd = fd;
         watch(ep, c, EPOLLIN, EPOLL_CTL_ADD);
@@ -235,22 +181,13 @@ main(int argc, char **argv)
     /* Never outlive the process that started us. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     lfd = listen_on(tcp, unix_path, &port);
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0) {
-        die("epoll_create1");
-    }
+    ep = net_epoll_create();
     listener.fd = lfd;
     watch(ep, &listener, EPOLLIN, EPOLL_CTL_ADD);
     printf("READY %d\n", port);
     fflush(stdout);
     for (;;) {
-        int n = epoll_wait(ep, evs, 256, -1);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            die("epoll_wait");
-        }
+        int n = net_epoll_wait(ep, evs, 256, -1);
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
             if (c == &listener) {

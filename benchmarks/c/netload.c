@@ -13,23 +13,16 @@
  * Prints one JSON object on stdout; errors go to stderr with exit status 1.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
+#define NET_PROG "netload"
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "netcommon.h"
 
 /* The longest a drain, or a count-only run, may go without an echo. */
 #define IDLE_LIMIT_S 10.0
@@ -50,20 +43,6 @@ static size_t msg_size = 1024;
 static int verify;
 static unsigned char *shared_msg;
 static unsigned char *scratch;
-
-static void
-die(const char *what)
-{
-    fprintf(stderr, "netload: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
-
-static void
-fail(const char *what)
-{
-    fprintf(stderr, "netload: %s\n", what);
-    exit(1);
-}
 
 /* CPU seconds this process has used, to tell whether it was the limit. */
 static double
@@ -98,46 +77,13 @@ fill(struct conn *c)
 static int
 connect_to(const char *tcp, const char *unix_path)
 {
-    int fd;
-    if (unix_path != NULL) {
-        struct sockaddr_un sun;
-        memset(&sun, 0, sizeof(sun));
-        sun.sun_family = AF_UNIX;
-        if (strlen(unix_path) >= sizeof(sun.sun_path)) {
-            fail("unix socket path too long");
-        }
-        strcpy(sun.sun_path, unix_path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            die("socket");
-        }
-        if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-            die("connect");
-        }
+    union net_addr addr;
+    socklen_t len = net_address(tcp, unix_path, &addr, 1);
+    int fd = net_socket(&addr, 0), one = 1;
+    if (connect(fd, &addr.sa, len) < 0) {
+        die("connect");
     }
-    else {
-        char host[256];
-        const char *colon = strrchr(tcp, ':');
-        struct sockaddr_in sin;
-        int one = 1;
-        if (colon == NULL || (size_t)(colon - tcp) >= sizeof(host)) {
-            fail("-t wants HOST:PORT");
-        }
-        memcpy(host, tcp, (size_t)(colon - tcp));
-        host[colon - tcp] = '\0';
-        memset(&sin, 0, sizeof(sin));
-        sin.sin_family = AF_INET;
-        sin.sin_port = htons((uint16_t)atoi(colon + 1));
-        if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) {
-            fail("-t wants a numeric IPv4 address");
-        }
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            die("socket");
-        }
-        if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
-            die("connect");
-        }
+    if (tcp != NULL) {
         /* Every message is one write; do not let Nagle hold its tail. */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
@@ -150,15 +96,11 @@ connect_to(const char *tcp, const char *unix_path)
 static void
 set_out(int ep, struct conn *c, int want)
 {
-    struct epoll_event ev;
     if (c->want_out == want) {
         return;
     }
-    ev.events = EPOLLIN | (want ? EPOLLOUT : 0);
-    ev.data.ptr = c;
-    if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
-        die("epoll_ctl");
-    }
+    net_epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, EPOLLIN | (want ? EPOLLOUT : 0),
+                  c);
     c->want_out = want;
 }
 
@@ -278,24 +220,16 @@ main(int argc, char **argv)
     for (size_t i = 0; i < msg_size; i++) {
         shared_msg[i] = (unsigned char)('a' + i % 26);
     }
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0) {
-        die("epoll_create1");
-    }
+    ep = net_epoll_create();
     /* Connect every connection before the clock starts. */
     for (int i = 0; i < nconn; i++) {
-        struct epoll_event ev;
         struct conn *c = &conns[i];
         c->idx = i;
         c->fd = connect_to(tcp, unix_path);
         if (verify && (c->msg = malloc(msg_size)) == NULL) {
             fail("out of memory");
         }
-        ev.events = EPOLLIN;
-        ev.data.ptr = c;
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
-            die("epoll_ctl");
-        }
+        net_epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, EPOLLIN, c);
     }
 
     cpu0 = cpu_seconds();
@@ -325,12 +259,9 @@ main(int argc, char **argv)
         if (t - last_echo > IDLE_LIMIT_S) {
             fail("no echo for 10 s: the server is stuck");
         }
-        int n = epoll_wait(ep, evs, 256, timeout_ms);
+        int n = net_epoll_wait(ep, evs, 256, timeout_ms);
         if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            die("epoll_wait");
+            continue; /* a signal: recompute the timeout */
         }
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
