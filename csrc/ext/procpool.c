@@ -10,6 +10,7 @@
 #include "core/pn_futex.h"
 #include "core/pn_proc.h"
 #include "core/pn_shm.h"
+#include "core/pn_spin.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -54,12 +55,15 @@
  * is contended (lock_mu), so no Python code runs under `mu`. */
 
 #define HEARTBEAT_NS (100 * 1000 * 1000)
-/* How long the collector while tasks are out (and a worker that just
- * finished a task, when cores allow) spin before sleeping: a futex sleep
- * and wake-up costs 5-10 us on a busy 2-core VM and the next result
- * usually comes sooner; 50 us gave 35 -> 21 us one-at-a-time latency,
- * 100 us a little better (benchmarks/proc.py latency case). */
-#define SPIN_NS (100 * 1000)
+/* The most the collector spins for a result while tasks are out, a worker
+ * that just finished a task spins for the next one, and a thread in
+ * result() polls for its own result, before each sleeps; all three are
+ * learnt down from there (pn_spin_budget) when waits run longer, so a busy
+ * machine stops paying for spins.  A futex sleep and wake-up costs 5-15 us
+ * on a 2-core VM: one-at-a-time latency (benchmarks/proc.py) chose them. */
+#define COLLECT_SPIN_NS (100 * 1000)
+#define WORKER_SPIN_NS (50 * 1000)
+#define HELP_SPIN_NS (50 * 1000)
 #define BUF_THRESHOLD_DEFAULT (64 * 1024)
 #define STOP_GRACE_NS (INT64_C(3) * 1000 * 1000 * 1000)
 /* Tasks a worker gets ahead is about this much work (at least 2, at most
@@ -102,6 +106,7 @@ typedef struct worker {
     uint64_t assigned;          /* tasks given since start */
     int kill_reason;
     int was_ready;
+    int collecting;             /* a thread is collecting its slots (mu) */
     task **tasks;               /* ring_cap shadow entries */
     uint64_t *retained;         /* parent blocks the worker kept alive */
     size_t nretained, cap_retained;
@@ -144,7 +149,12 @@ typedef struct pool {
     _Atomic uint32_t thread_done;   /* futex word: 1 when it exited */
     int64_t next_heartbeat;
     int64_t ewma_ns;            /* recent task run time, under mu */
+    pn_spin_budget collect_budget;  /* the collector thread's */
 } pool;
+
+/* Process-wide: how long result() polls for its own result is a property
+ * of the machine's load, like future.c's wait budget. */
+static pn_spin_budget help_budget = PN_SPIN_BUDGET_INIT(HELP_SPIN_NS);
 
 /* ---------------------------------------------------------------- utils */
 
@@ -777,6 +787,8 @@ static void
 break_pool(pool *p, PyObject *reason);
 static void
 on_future_done(PyObject *fut, void *arg);
+static int
+pool_drive(PyObject *driver, PyObject *fut, int64_t deadline);
 
 static PyObject *
 pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -908,6 +920,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     body = NULL;
     Py_CLEAR(sink);
     t->future = Py_NewRef(fut);
+    pn_future_set_driver(fut, pool_drive, self);
     t->timeout_ns = timeout > 0 ? (int64_t)(timeout * 1e9) : p->task_timeout_ns;
     lock_mu(p);
     t->id = p->next_id++;
@@ -1092,9 +1105,33 @@ release_retained_locked(pool *p, worker *w)
     w->nretained = 0;
 }
 
-/* Collects every finished slot of worker k; returns how many. */
+/* Claims worker k's slots for collecting (GIL held): collecting may
+ * release the GIL (unpickling, callbacks), and a slot must be completed
+ * once.  0 when another thread holds them. */
 static int
-collect_worker(pool *p, uint32_t k)
+claim_worker(pool *p, worker *w)
+{
+    lock_mu(p);
+    int ok = !w->collecting;
+    w->collecting = 1;
+    unlock_mu(p);
+    return ok;
+}
+
+static void
+unclaim_worker(pool *p, worker *w)
+{
+    lock_mu(p);
+    w->collecting = 0;
+    unlock_mu(p);
+}
+
+/* Collects every finished slot of worker k, claimed by the caller;
+ * returns how many.  `plain_only` stops at a future whose completion
+ * would run Python code (a thread waiting in result() leaves those to the
+ * collector thread, where callbacks always ran). */
+static int
+collect_claimed(pool *p, uint32_t k, int plain_only)
 {
     worker *w = &p->w[k];
     pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
@@ -1129,7 +1166,8 @@ collect_worker(pool *p, uint32_t k)
             continue;
         }
         unlock_mu(p);
-        if (state != PN_SLOT_DONE) {
+        if (state != PN_SLOT_DONE
+            || (plain_only && pn_future_observed(t->future))) {
             break;
         }
         complete_from_slot(p, k, s, t);
@@ -1142,16 +1180,35 @@ collect_worker(pool *p, uint32_t k)
     return n;
 }
 
+/* Collects worker k's finished slots unless another thread is at it. */
+static int
+collect_worker(pool *p, uint32_t k, int plain_only)
+{
+    worker *w = &p->w[k];
+    if (!claim_worker(p, w)) {
+        return 0;
+    }
+    int n = collect_claimed(p, k, plain_only);
+    unclaim_worker(p, w);
+    return n;
+}
+
 /* -------------------------------------------------------- dead workers */
 
+/* A dead worker's tasks and replacement.  Returns without doing anything
+ * while another thread collects the worker's slots (the collector comes
+ * back: the worker still shows as exited). */
 static void
 handle_exit(pool *p, uint32_t k, int wstatus)
 {
     worker *w = &p->w[k];
     pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
     char why[96];
+    if (!claim_worker(p, w)) {
+        return;
+    }
     pn_wstatus_text(wstatus, why, sizeof(why));
-    collect_worker(p, k);
+    collect_claimed(p, k, 0);
     int startfail = !w->was_ready;
     uint32_t wstate = atomic_load_explicit(&ctl->state, memory_order_acquire);
     (void)wstate;
@@ -1220,6 +1277,7 @@ handle_exit(pool *p, uint32_t k, int wstatus)
     }
     w->state = W_FREE;
     w->produced = w->collected = 0;
+    w->collecting = 0;
     atomic_store_explicit(&ctl->state, PN_W_FREE, memory_order_relaxed);
     int restart = !p->shutting_down && !p->broken;
     if (startfail && wstate != PN_W_INITFAIL && w->kill_reason == KILL_NONE) {
@@ -1418,7 +1476,7 @@ collector_round(pool *p)
             p->nstartfail = 0;
             unlock_mu(p);
         }
-        collect_worker(p, k);
+        collect_worker(p, k, 0);
         int dead = cs == PN_W_EXITED || cs == PN_W_INITFAIL;
         int wstatus = atomic_load_explicit(&ctl->wstatus,
                                            memory_order_relaxed);
@@ -1477,6 +1535,103 @@ collector_round(pool *p)
     if (stole) {
         dispatch(p);
     }
+}
+
+/* ------------------------------------- result() collecting its own */
+
+static int
+ncpus(void)
+{
+    /* A plain int, computed once; a benign race if two threads do it. */
+    static int n;
+    if (n == 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    return n;
+}
+
+/* One stand-in round (GIL held): collects the finished slots of started
+ * workers.  Returns how many, or -1 when something only the collector
+ * thread handles is there (a worker started, failed or died). */
+static int
+help_collect(pool *p)
+{
+    int n = 0;
+    for (uint32_t k = 0; k < p->nworkers; k++) {
+        worker *w = &p->w[k];
+        if (w->state == W_FREE) {
+            continue;
+        }
+        pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
+        uint32_t cs = atomic_load_explicit(&ctl->state, memory_order_acquire);
+        if (cs == PN_W_STARTING) {
+            continue;
+        }
+        if (cs != PN_W_READY || !w->was_ready) {
+            return -1;
+        }
+        n += collect_worker(p, k, 1);
+    }
+    return n;
+}
+
+/* pn_future_drive of the pool's futures: the thread in result() polls the
+ * shared region itself (GIL released) and, when a result is there, turns
+ * it into its future with the GIL it is about to take anyway.  So no
+ * futex wake-up and no GIL hand-off from the collector thread sit between
+ * a worker's answer and the caller; the collector sleeps meanwhile (the
+ * worker's lazy ring does not wake it) and gets rung when the waiter
+ * leaves work behind.  Polls for at most the learnt help budget. */
+static int
+pool_drive(PyObject *driver, PyObject *fut, int64_t deadline)
+{
+    pool *p = (pool *)driver;
+    pn_future *f = (pn_future *)fut;
+    if (ncpus() < 2 || getpid() != p->owner_pid
+        || p->fork_gen != pn_fork_generation()) {
+        return 0;
+    }
+    pn_bell *bell = &pn_shm_hdr(&p->shm)->parent_bell;
+    ready_arg ra = {p};
+    int64_t started = pn_monotonic_ns();
+    int64_t ns = pn_spin_budget_get(&help_budget);
+    if (deadline != PN_FOREVER && deadline - started < ns) {
+        ns = deadline - started;
+    }
+    pn_spinner spin;
+    pn_spinner_init(&spin, ns);
+    int done = 0, err = 0;
+    pn_bell_poll_enter(bell);
+    for (;;) {
+        int ready = 0;
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            /* Pairs with the seq_cst store of a completion. */
+            if (atomic_load_explicit(&f->state, memory_order_acquire)
+                >= PN_FUT_CANCELLED) {
+                break;
+            }
+            if (any_done(&ra)) {
+                ready = 1;
+                break;
+            }
+        } while (pn_spinner_step(&spin));
+        Py_END_ALLOW_THREADS
+        done = atomic_load_explicit(&f->state, memory_order_acquire)
+               >= PN_FUT_CANCELLED;
+        if (done || !ready || help_collect(p) <= 0) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            err = 1;
+            break;
+        }
+    }
+    pn_bell_poll_leave(bell, any_done, &ra);
+    pn_spin_budget_learn(&help_budget,
+                         done ? pn_monotonic_ns() - started : INT64_MAX);
+    return err ? -1 : done;
 }
 
 static int
@@ -1553,7 +1708,8 @@ collector_main(void *arg)
         if (!events) {
             ready_arg ra = {p};
             int r = pn_bell_wait(&h->parent_bell, any_done, &ra, deadline,
-                                 p->outstanding ? SPIN_NS : 0);
+                                 p->outstanding ? &p->collect_budget
+                                                : NULL);
             if (atomic_load_explicit(&p->stop_thread, memory_order_acquire)) {
                 break;
             }
@@ -1911,11 +2067,11 @@ procpool_worker_main(PyObject *m, PyObject *args)
 
     uint64_t index = 0, ran = 0;
     int hot = 0;                /* just ran a task: spin before sleeping */
-    /* Spinning workers only help with a core to spare for each of them,
-     * the collector and the submitting thread; on 2 cores a third spinner
-     * doubled the latency (benchmarks/proc.py latency case). */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int64_t spin_w = ncpu > (long)h->nworkers + 2 ? SPIN_NS : 0;
+    pn_spin_budget idle_budget = PN_SPIN_BUDGET_INIT(WORKER_SPIN_NS);
+    /* Idle workers spin only while they leave the parent a core; on 2
+     * cores a spinner more than that doubled the latency
+     * (benchmarks/proc.py latency case). */
+    uint32_t max_spinners = ncpus() > 1 ? (uint32_t)ncpus() - 1 : 0;
     PyObject *ret = NULL;
     wready_arg wa_arg = {ctl, &shm, 0};
     for (;;) {
@@ -1945,10 +2101,23 @@ procpool_worker_main(PyObject *m, PyObject *args)
             break;
         }
         wa_arg.index = index;
-        int w;
+        int w = 1;
         Py_BEGIN_ALLOW_THREADS
-        w = pn_bell_wait(&ctl->bell, worker_ready, &wa_arg, PN_FOREVER,
-                         hot ? spin_w : 0);
+        int spun = hot && pn_worker_spin_enter(h, max_spinners);
+        if (spun) {
+            /* Learnt as pn_bell_wait does, but the spinner's place is
+             * given back before sleeping. */
+            int64_t t0 = pn_monotonic_ns();
+            w = pn_bell_spin(&ctl->bell, worker_ready, &wa_arg, PN_FOREVER,
+                             pn_spin_budget_get(&idle_budget));
+            pn_worker_spin_leave(h);
+            pn_spin_budget_learn(&idle_budget,
+                                 w ? pn_monotonic_ns() - t0 : INT64_MAX);
+        }
+        if (!spun || !w) {
+            w = pn_bell_wait(&ctl->bell, worker_ready, &wa_arg, PN_FOREVER,
+                             NULL);
+        }
         hot = 0;
         Py_END_ALLOW_THREADS
         if (w == -EINTR && PyErr_CheckSignals() < 0) {
@@ -2130,6 +2299,7 @@ pool_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     p->st = pn_state_from_type(tp);
     p->shm.fd = -1;
     p->server_pidfd = -1;
+    p->collect_budget = (pn_spin_budget)PN_SPIN_BUDGET_INIT(COLLECT_SPIN_NS);
     pthread_mutex_init(&p->mu, NULL);
     if (p->st == NULL || pool_init_impl(p, args, kw) < 0) {
         Py_DECREF(p);

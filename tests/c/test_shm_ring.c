@@ -78,6 +78,11 @@ typedef struct {
     uint64_t index;
 } take_t;
 
+/* A learnt spin budget starting (and capped) at ns, or none for 0. */
+#define BUDGET(name, ns) \
+    pn_spin_budget name##_b = PN_SPIN_BUDGET_INIT(ns); \
+    pn_spin_budget *name = (ns) > 0 ? &name##_b : NULL
+
 static int
 slot_queued(void *arg)
 {
@@ -94,6 +99,7 @@ worker(pn_shm *shm, uint32_t k, int spin)
 {
     pn_worker_ctl *ctl = pn_shm_ctl(shm, k);
     take_t t = {shm, ctl, 0};
+    BUDGET(budget, spin);
     for (;;) {
         pn_slot *s = pn_ctl_slot(shm, ctl, t.index);
         int r = pn_ring_take(ctl, s, t.index);
@@ -114,7 +120,7 @@ worker(pn_shm *shm, uint32_t k, int spin)
         if (atomic_load_explicit(&ctl->stop, memory_order_acquire)) {
             _exit(0);
         }
-        int w = pn_bell_wait(&ctl->bell, slot_queued, &t, PN_FOREVER, spin);
+        int w = pn_bell_wait(&ctl->bell, slot_queued, &t, PN_FOREVER, budget);
         PN_CHECK(w >= 0 || w == -EINTR);
     }
 }
@@ -125,6 +131,7 @@ ping_pong(int spin, int rounds)
     pn_shm shm;
     PN_CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    BUDGET(budget, spin);
     pid_t pid = pn_test_fork();
     if (pid == 0) {
         worker(&shm, 0, spin);
@@ -139,7 +146,7 @@ ping_pong(int spin, int rounds)
         int r;
         do {
             r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                             PN_FOREVER, spin);
+                             PN_FOREVER, budget);
         } while (r == 0 || r == -EINTR);
         PN_CHECK(r == 1);
         uint64_t v;
@@ -181,6 +188,7 @@ test_steal_race(void)
         worker(&shm, 0, 5000);
     }
     uint64_t produced = 0, collected = 0, stolen = 0, done = 0;
+    BUDGET(budget, 5000);
     const uint64_t total = 200000;
     while (collected < total) {
         while (produced < total && produced - collected < cap) {
@@ -211,7 +219,7 @@ test_steal_race(void)
         else {
             want_t w = {s, collected};
             pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         pn_monotonic_ns() + 1000000, 5000);
+                         pn_monotonic_ns() + 1000000, budget);
         }
     }
     PN_CHECK(done + stolen == total);
@@ -234,9 +242,10 @@ test_deadline_and_reset(void)
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
     pn_slot *s0 = pn_ctl_slot(&shm, ctl, 0);
     want_t w = {s0, 0};
+    BUDGET(budget, 10);
     int64_t t0 = pn_monotonic_ns();
     int r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         t0 + 20000000, 10);
+                         t0 + 20000000, budget);
     PN_CHECK(r == -ETIMEDOUT);
     PN_CHECK(pn_monotonic_ns() - t0 >= 19000000);
 
@@ -261,7 +270,7 @@ test_deadline_and_reset(void)
     pn_ring_publish(ctl, s0, 0);
     do {
         r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         PN_FOREVER, 0);
+                         PN_FOREVER, NULL);
     } while (r == 0 || r == -EINTR);
     memcpy(&v, s0->data, sizeof(v));
     PN_CHECK(v == 42);
