@@ -62,8 +62,8 @@
  * machine stops paying for spins.  A futex sleep and wake-up costs 5-15 us
  * on a 2-core VM: one-at-a-time latency (benchmarks/proc.py) chose them. */
 #define COLLECT_SPIN_NS (100 * 1000)
-#define WORKER_SPIN_NS (50 * 1000)
-#define HELP_SPIN_NS (50 * 1000)
+#define WORKER_SPIN_NS (200 * 1000)
+#define HELP_SPIN_NS (200 * 1000)
 #define BUF_THRESHOLD_DEFAULT (64 * 1024)
 #define STOP_GRACE_NS (INT64_C(3) * 1000 * 1000 * 1000)
 /* Tasks a worker gets ahead is about this much work (at least 2, at most
