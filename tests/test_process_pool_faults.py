@@ -546,3 +546,36 @@ def test_soak_flat_rss_and_fds(pool):
     # Flat: the second half grows by less than 16 MiB over the first.
     half = len(rss) // 2
     assert max(rss[half:]) - max(rss[:half]) < 16 * 1024, rss
+
+
+# ---- the first worker, forked by the executor itself ---------------------------
+
+def _state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None             # gone, reaped
+
+
+def test_first_worker_reaped_no_zombies(pool):
+    ex = pool(2)
+    pids = {f.result(timeout=30)
+            for f in [ex.submit(sleep_and_pid, 0.05) for _ in range(6)]}
+    ex.shutdown(wait=True)
+    deadline = time.monotonic() + 10
+    while any(_state(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {p: _state(p) for p in pids} == {p: None for p in pids}
+
+
+def test_first_worker_killed_reports_signal_and_heals(pool):
+    ex = pool(1)
+    first = ex.submit(pid_of_worker).result(timeout=30)
+    running = ex.submit(sleep_and_pid, 10)
+    time.sleep(0.3)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(piston.WorkerCrashedError, match="SIGKILL"):
+        running.result(timeout=30)
+    assert ex.submit(square, 4).result(timeout=30) == 16
+    assert _state(first) is None

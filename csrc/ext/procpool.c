@@ -107,6 +107,8 @@ typedef struct worker {
     int kill_reason;
     int was_ready;
     int collecting;             /* a thread is collecting its slots (mu) */
+    int direct;                 /* our own child (not the fork server's):
+                                 * the collector reaps it */
     task **tasks;               /* ring_cap shadow entries */
     uint64_t *retained;         /* parent blocks the worker kept alive */
     size_t nretained, cap_retained;
@@ -730,6 +732,7 @@ start_worker(pool *p, uint32_t k)
     w->produced = w->collected = w->assigned = 0;
     w->kill_reason = KILL_NONE;
     w->was_ready = 0;
+    w->direct = 0;
     atomic_store_explicit(&ctl->wstatus, 0, memory_order_relaxed);
     atomic_store_explicit(&ctl->stop, 0, memory_order_relaxed);
     atomic_store_explicit(&ctl->pid, 0, memory_order_relaxed);
@@ -1269,6 +1272,16 @@ handle_exit(pool *p, uint32_t k, int wstatus)
                           ? "" : "; the pool started a replacement");
         }
     }
+    if (w->direct && w->pidfd >= 0) {
+        /* Our own child, not reaped yet when it reported a failed
+         * initializer: make sure it is gone and reap it (no zombie). */
+        int ws;
+        if (pn_pidfd_reap(w->pidfd, &ws) == 0) {
+            pn_pidfd_kill(w->pidfd, SIGKILL);
+            pn_pidfd_wait(w->pidfd, 5000);
+            pn_pidfd_reap(w->pidfd, &ws);
+        }
+    }
     lock_mu(p);
     release_retained_locked(p, w);
     if (w->pidfd >= 0) {
@@ -1480,7 +1493,17 @@ collector_round(pool *p)
         int dead = cs == PN_W_EXITED || cs == PN_W_INITFAIL;
         int wstatus = atomic_load_explicit(&ctl->wstatus,
                                            memory_order_relaxed);
-        if (!dead && w->pidfd >= 0 && pn_pidfd_exited(w->pidfd) == 1) {
+        if (!dead && w->direct && w->pidfd >= 0) {
+            /* Our own child: nobody reports it, we reap it. */
+            int reaped = pn_pidfd_reap(w->pidfd, &wstatus);
+            if (reaped == -ECHILD) {
+                /* Reaped by someone else (os.wait()): status lost. */
+                reaped = pn_pidfd_exited(w->pidfd);
+                wstatus = SIGKILL;
+            }
+            dead = reaped == 1;
+        }
+        else if (!dead && w->pidfd >= 0 && pn_pidfd_exited(w->pidfd) == 1) {
             if (cs != PN_W_EXITED) {
                 /* No report from the fork server (it died): give it a
                  * moment, then assume the worker was killed. */
@@ -2617,6 +2640,42 @@ pool_start_workers(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The worker in slot k is our own child `pid` (forked by the executor
+ * itself, not by the fork server). */
+static PyObject *
+pool_adopt(PyObject *self, PyObject *args)
+{
+    pool *p = (pool *)self;
+    unsigned int k;
+    int pid;
+    if (!PyArg_ParseTuple(args, "Ii:_adopt", &k, &pid)) {
+        return NULL;
+    }
+    if (k >= p->nworkers || pid <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bad worker slot or pid");
+        return NULL;
+    }
+    int fd = pn_pidfd_open(pid);
+    if (fd < 0) {
+        return pn_raise_errno(-fd);
+    }
+    lock_mu(p);
+    worker *w = &p->w[k];
+    if (w->state != W_STARTING || w->pidfd >= 0) {
+        unlock_mu(p);
+        close(fd);
+        PyErr_SetString(PyExc_RuntimeError, "worker slot is not starting");
+        return NULL;
+    }
+    w->direct = 1;
+    w->pid = pid;
+    w->pidfd = fd;
+    atomic_store_explicit(&pn_shm_ctl(&p->shm, k)->pid, pid,
+                          memory_order_release);
+    unlock_mu(p);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 pool_set_spawner(PyObject *self, PyObject *cb)
 {
@@ -2627,6 +2686,8 @@ pool_set_spawner(PyObject *self, PyObject *cb)
 
 static PyMethodDef pool_methods[] = {
     {"_set_spawner", pool_set_spawner, METH_O, "spawner(slot, gen)"},
+    {"_adopt", pool_adopt, METH_VARARGS,
+     "_adopt(slot, pid): slot's worker is our own child"},
     {"start_workers", pool_start_workers, METH_O,
      "start_workers(n): ask for n more workers now"},
     {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL

@@ -85,6 +85,24 @@ def _worker(fd, slot, gen, init, max_tasks, threshold):
     return 0
 
 
+def _worker_child(fd, slot, gen, init, max_tasks, threshold, parent):
+    """In a freshly forked worker: Ctrl-C is the parent's business, signal
+    wake-ups are not ours, and the worker dies with `parent`.  Never
+    returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _piston._procpool_set_pdeathsig(signal.SIGKILL, parent)
+        code = _worker(fd, slot, gen, init, max_tasks, threshold)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush_std()
+        os._exit(code)
+
+
 def _flush_std():
     for f in (sys.stdout, sys.stderr):
         try:
@@ -154,20 +172,10 @@ def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
                 _flush_std()
                 pid = os.fork()
                 if pid == 0:
-                    code = 1
-                    try:
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        for f in (cmd_r, death_r, sig_r, sig_w):
-                            os.close(f)
-                        _piston._procpool_set_pdeathsig(signal.SIGKILL, me)
-                        code = _worker(fd, slot, gen, init, max_tasks,
-                                       threshold)
-                    except BaseException:
-                        traceback.print_exc()
-                    finally:
-                        _flush_std()
-                        os._exit(code)
+                    for f in (cmd_r, death_r, sig_r, sig_w):
+                        os.close(f)
+                    _worker_child(fd, slot, gen, init, max_tasks, threshold,
+                                  me)
                 children[pid] = slot
                 _piston._procpool_report(fd, slot, pid, -1)
 
@@ -271,6 +279,26 @@ class _Server:
         if self.death_w >= 0:
             os.close(self.death_w)
             self.death_w = -1
+
+
+class _DirectSpawner:
+    """Forks a worker straight from this (single-threaded) process: the
+    first worker of a forking pool, so the first result does not wait for
+    the fork server to start and fork in turn.  The core reaps it."""
+
+    __slots__ = ("core", "args")
+
+    def __init__(self, core, init, max_tasks, threshold):
+        self.core = core
+        self.args = (init, max_tasks, threshold)
+
+    def __call__(self, slot, gen):
+        _flush_std()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _worker_child(self.core.fd, slot, gen, *self.args, parent)
+        self.core._adopt(slot, pid)
 
 
 class _Spawner:
@@ -419,13 +447,24 @@ class ProcessPoolExecutor(_cf.Executor):
             max_tasks_per_child=max_tasks_per_child or 0,
             task_timeout=task_timeout or 0.0,
             cancel_running=bool(cancel_running))
+        # One worker right away: the first submit finds it (nearly) up;
+        # the rest start on demand, as the stdlib's do.  A process that
+        # may fork (the fork server would be forked from it too) forks
+        # that first worker itself, before the fork server: the first
+        # result then waits for one fork, not two in a row.
+        direct = (method in (None, "fork") and _threads_in_process() == 1
+                  and threading.current_thread() is threading.main_thread())
+        if direct:
+            core._set_spawner(_DirectSpawner(core, init,
+                                             max_tasks_per_child,
+                                             _OOB_THRESHOLD))
+            core.start_workers(1)
         server = _Server(core.fd, method, init, max_tasks_per_child,
                          _OOB_THRESHOLD)
         core._set_spawner(_Spawner(server))
         core.start(server.pid)
-        # One worker right away: the first submit finds it (nearly) up;
-        # the rest start on demand, as the stdlib's do.
-        core.start_workers(1)
+        if not direct:
+            core.start_workers(1)
         self._core = core
         self._server = server
         self._key = id(core)
