@@ -13,6 +13,8 @@ SUITES = {
     "celery": ("celery_bench", "Celery's prefork pool vs "
                "piston.celery:TaskPool (needs redis-server and celery)"),
     "loop": ("loop", "piston's event loop vs asyncio's and uvloop"),
+    "net": ("net", "echo and HTTP servers on piston vs asyncio's loop, "
+            "uvloop and a C epoll server (a C load generator, wrk)"),
 }
 
 

@@ -231,9 +231,11 @@ def machine_line(info: Dict[str, Any]) -> str:
 
 # --- output ----------------------------------------------------------------
 
-RATIO_NOTE = ("ratio: higher is better for piston; piston/stdlib for rates, "
-              "stdlib/piston for latencies, piston's own 2-worker/1-worker "
-              "for scaling rows")
+RATIO_NOTE = ("ratio: higher is better for piston; piston/baseline for "
+              "rates, baseline/piston for latencies, where the baseline is "
+              "the stdlib unless the suite names a peer (uvloop for the "
+              "loop and net suites); piston's own 2-worker/1-worker for "
+              "scaling rows")
 
 
 def fmt_value(v: Optional[float], unit: str) -> str:
@@ -274,6 +276,12 @@ def _header(impls: List[str]) -> List[str]:
     return ["suite", "case"] + impls + ["ratio", "target", "status"]
 
 
+def _notes(rows: List[Row], bullet: str) -> List[str]:
+    """The rows' notes, one line each, for below a table."""
+    lines = [f"{bullet}{r.suite}: {r.case}: {r.note}" for r in rows if r.note]
+    return ["", "notes:"] + lines if lines else []
+
+
 def table(rows: List[Row], info: Dict[str, Any]) -> str:
     """A plain-text table for a terminal."""
     impls = _columns(rows)
@@ -284,7 +292,7 @@ def table(rows: List[Row], info: Dict[str, Any]) -> str:
              for r in cells]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(
-        [machine_line(info), ""] + lines
+        [machine_line(info), ""] + lines + _notes(rows, "  ")
         + ["", RATIO_NOTE])
 
 
@@ -296,8 +304,9 @@ def markdown(rows: List[Row], info: Dict[str, Any]) -> str:
              "|" + "|".join("---" if i < 2 else "---:"
                             for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in _cells(rows, impls)]
-    return "\n".join(lines + ["", RATIO_NOTE + ".",
-                               f"Measured on: {machine_line(info)}."])
+    return "\n".join(lines + _notes(rows, "- ")
+                     + ["", RATIO_NOTE + ".",
+                        f"Measured on: {machine_line(info)}."])
 
 
 def as_json(rows: List[Row], info: Dict[str, Any], **extra: Any) -> str:

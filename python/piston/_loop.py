@@ -754,12 +754,6 @@ class Loop(NetMixin, _piston.LoopCore, asyncio.AbstractEventLoop):
         self._wait_fd(sock, True, attempt, fut)
         return await fut
 
-    def _stop_serving(self, sock):
-        """Stops accepting on a listening socket and closes it (asyncio's
-        selector loop has the same internal helper)."""
-        self.remove_reader(sock)
-        sock.close()
-
     async def sock_accept(self, sock):
         def attempt():
             conn, address = sock.accept()

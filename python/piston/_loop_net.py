@@ -16,6 +16,7 @@ import sys
 import threading
 import weakref
 from asyncio import base_events, selector_events, unix_events
+from asyncio.log import logger
 
 
 
@@ -46,7 +47,10 @@ class _SelectorView:
         self._loop = weakref.proxy(loop)
 
     def get_key(self, fd):
-        reader, writer = self._loop._pn_fd_handles(fd)
+        try:
+            reader, writer = self._loop._pn_fd_handles(fd)
+        except ReferenceError:
+            raise KeyError(f"{fd!r} is not registered") from None
         events = ((selectors.EVENT_READ if reader is not None else 0)
                   | (selectors.EVENT_WRITE if writer is not None else 0))
         if not events:
@@ -79,7 +83,9 @@ class _ChildWatch:
             pid, status = os.waitpid(self._pid, flags)
         except ChildProcessError:
             # Reaped by someone else (a SIGCHLD handler, os.wait()): the
-            # exit status is gone, as asyncio reports it.
+            # exit status is gone; asyncio reports 255 and says so.
+            logger.warning("Unknown child process pid %d, will report "
+                           "returncode 255", self._pid)
             return 255
         if pid == 0:
             return None
@@ -137,12 +143,33 @@ class NetMixin:
         self._transports = weakref.WeakValueDictionary()
         self._selector = _SelectorView(self)
         self._child_watches = {}
+        # Listening Unix sockets whose path close() removes (3.13's
+        # cleanup_socket): socket -> inode of the path when it was bound.
+        self._unix_server_sockets = {}
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
         self._ensure_fd_no_transport(sock)
         return selector_events._SelectorSocketTransport(
             self, sock, protocol, waiter, extra, server)
+
+    def _stop_serving(self, sock):
+        """Stops accepting on a listening socket and closes it; a Unix
+        socket's path is removed if it is still the one we bound."""
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
+        self._remove_reader(sock.fileno())
+        sock.close()
+        if not path or not isinstance(path, str) or path.startswith("\0"):
+            return
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.error("Unable to clean up listening UNIX socket %r: %r",
+                         path, err)
 
     # add_reader & co. on an fd that a transport owns would steal its
     # events; asyncio raises, so do we.
@@ -185,6 +212,9 @@ class NetMixin:
         return transp
 
     def _pn_close_net(self):
+        # As asyncio's loop drops its selector: transports outliving the
+        # loop then describe themselves as open rather than polling.
+        self._selector = None
         for watch in list(self._child_watches.values()):
             watch.close()
         self._child_watches.clear()

@@ -15,9 +15,10 @@ failure not listed there (and reports listed ones that now pass).
 How the loop is swapped in:
   * asyncio's default policy creates piston loops (asyncio.run,
     asyncio.Runner, IsolatedAsyncioTestCase, asyncio.new_event_loop);
-  * test_events' EventLoopTestsMixin and test_sock_lowlevel's
-    BaseSockTestsMixin are subclassed with create_event_loop returning a
-    piston loop, and only those classes run in those modules.
+  * in modules whose test classes pin a loop class (a selector or
+    proactor loop, a child watcher), the loop-agnostic mixins are
+    subclassed with their loop hook returning a piston loop, and only the
+    classes listed in SELECTED run.
 Tests built on test_utils.TestLoop (a virtual-time BaseEventLoop) keep
 using it: they test asyncio's Tasks and Futures, which piston reuses.
 """
@@ -36,13 +37,32 @@ MODULES = [
     "test_tasks", "test_futures", "test_futures2", "test_locks",
     "test_queues", "test_taskgroups", "test_timeouts", "test_waitfor",
     "test_runners", "test_context", "test_pep492", "test_threads",
-    "test_sock_lowlevel", "test_events",
+    "test_sock_lowlevel", "test_events", "test_streams", "test_server",
+    "test_buffered_proto", "test_sendfile", "test_ssl", "test_sslproto",
+    "test_subprocess",
 ]
 
-# Modules where only the mixin subclasses below run.
-MIXINS = {
-    "test_events": "EventLoopTestsMixin",
-    "test_sock_lowlevel": "BaseSockTestsMixin",
+# Modules whose concrete test classes pin a loop class (a selector or
+# proactor loop, a child watcher): only the classes named here run, each
+# either (class, hook, base) -- an upstream class subclassed with `hook`
+# returning a piston loop, over `base` when the class is a mixin
+# ("utils": test_utils.TestCase, "unittest": unittest.TestCase) -- or a
+# plain class name that already gets its loop from asyncio's policy, which
+# makes piston loops.  Where upstream's selector-loop class adds tests of
+# its own to the mixin's, that class is the one subclassed.
+SELECTED = {
+    "test_events": [("EventLoopTestsMixin", "create_event_loop", "utils")],
+    "test_sock_lowlevel": [("BaseSockTestsMixin", "create_event_loop",
+                            "utils")],
+    "test_server": [("SelectorStartServerTests", "new_loop", None),
+                    "TestServer2", "UnixServerCleanupTests"],
+    "test_buffered_proto": [("BufferedProtocolSelectorTests", "new_loop",
+                             None)],
+    "test_sendfile": [("EPollEventLoopTests", "create_event_loop", None)],
+    "test_sslproto": [("SelectorStartTLSTests", "new_loop", None),
+                      "SslProtoHandshakeTests"],
+    "test_subprocess": [("SubprocessMixin", "setUp", "utils"),
+                        "SubprocessTransportTests"],
 }
 
 RESULT_TAG = "COMPAT-RESULT "
@@ -67,16 +87,13 @@ def _child(module, loop_kind):
 
     mod = importlib.import_module("test.test_asyncio." + module)
     loader = unittest.TestLoader()
-    if module in MIXINS:
-        from test.test_asyncio import utils as test_utils
-
-        mixin = getattr(mod, MIXINS[module])
-        cls = type(
-            "Piston" + MIXINS[module].replace("Mixin", ""),
-            (mixin, test_utils.TestCase),
-            {"create_event_loop": lambda self: factory(),
-             "__module__": mod.__name__})
-        suite = loader.loadTestsFromTestCase(cls)
+    if module in SELECTED:
+        suite = unittest.TestSuite()
+        for entry in SELECTED[module]:
+            cls = (_piston_subclass(mod, entry, factory)
+                   if isinstance(entry, tuple) else getattr(mod, entry, None))
+            if cls is not None:     # some classes exist on newer Pythons only
+                suite.addTests(loader.loadTestsFromTestCase(cls))
         setup = getattr(mod, "setUpModule", None)
         teardown = getattr(mod, "tearDownModule", None)
     else:
@@ -120,6 +137,38 @@ def _child(module, loop_kind):
     }
     sys.stdout.flush()
     print(RESULT_TAG + json.dumps(out), flush=True)
+
+
+def _piston_subclass(mod, entry, factory):
+    """The test case class of a loop-agnostic mixin whose loop comes from
+    `factory`: through the hook method the upstream concrete classes
+    override (create_event_loop or new_loop), or for mixins that make
+    their loop in setUp (test_subprocess), a setUp that does."""
+    import unittest
+
+    from test.test_asyncio import utils as test_utils
+
+    name, hook, base = entry
+    mixin = getattr(mod, name)
+    if base is None:
+        bases = (mixin,)
+    else:
+        bases = (mixin, test_utils.TestCase if base == "utils"
+                 else unittest.TestCase)
+    if hook == "setUp":
+        def setUp(self):
+            super(cls, self).setUp()
+            self.loop = factory()
+            self.set_event_loop(self.loop)
+        attrs = {"setUp": setUp}
+    else:
+        attrs = {hook: lambda self: factory()}
+    attrs["__module__"] = mod.__name__
+    for word in ("Mixin", "Selector", "EPoll"):
+        name = name.replace(word, "")
+    cls = type("Piston" + name,
+               bases, attrs)
+    return cls
 
 
 def _iter_tests(suite):
