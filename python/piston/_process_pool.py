@@ -205,6 +205,25 @@ def _threads_in_process():
         return threading.active_count()
 
 
+def _single_threaded(grace=0.005):
+    """True if this process has one thread (forking it is then safe).  A
+    thread whose Python part has ended (stdlib pools join theirs at
+    shutdown) can still be tearing down in the kernel for a fraction of a
+    millisecond: when no other Python thread is left, such threads get
+    `grace` seconds to go.  Threads that stay (a BLAS pool) cost that wait,
+    then a fresh interpreter, as any other thread would."""
+    if _threads_in_process() == 1:
+        return True
+    if threading.active_count() != 1:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.0001)
+        if _threads_in_process() == 1:
+            return True
+    return False
+
+
 class _Server:
     """The parent's handle on its fork server."""
 
@@ -216,7 +235,7 @@ class _Server:
         if method is None:
             # A fork of a single-threaded parent is safe and fastest; with
             # threads around, a fresh interpreter is the safe choice.
-            method = "fork" if _threads_in_process() == 1 else "spawn"
+            method = "fork" if _single_threaded() else "spawn"
         self.method = method
         try:
             if method == "fork":
@@ -452,7 +471,9 @@ class ProcessPoolExecutor(_cf.Executor):
         # may fork (the fork server would be forked from it too) forks
         # that first worker itself, before the fork server: the first
         # result then waits for one fork, not two in a row.
-        direct = (method in (None, "fork") and _threads_in_process() == 1
+        if method is None:
+            method = "fork" if _single_threaded() else "spawn"
+        direct = (method == "fork" and _threads_in_process() == 1
                   and threading.current_thread() is threading.main_thread())
         if direct:
             core._set_spawner(_DirectSpawner(core, init,
