@@ -220,18 +220,17 @@ pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
              int64_t deadline_ns, pn_spin_budget *budget)
 {
     int r = 1;
+    int64_t started = 0, spun = 0;
     if (budget != NULL) {
-        int64_t started = pn_monotonic_ns();
+        started = pn_monotonic_ns();
         if (pn_bell_spin(b, ready, arg, deadline_ns,
                          pn_spin_budget_get(budget))) {
             pn_spin_budget_learn(budget, pn_monotonic_ns() - started);
             return 1;
         }
-        /* Spent: the spin only kept the core from whoever would have
-         * answered (sharing one core, a spin never sees the answer), so
-         * the budget shrinks; only a spin that catches it grows it. */
+        /* A spin cut short by a stand-in teaches nothing. */
         if (atomic_load_explicit(&b->pollers, memory_order_relaxed) == 0) {
-            pn_spin_budget_learn(budget, INT64_MAX);
+            spun = pn_monotonic_ns() - started;
         }
     }
     /* Pairs with the fetch_add in pn_bell_ring. */
@@ -243,6 +242,12 @@ pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
         r = pn_futex_wait(&b->seq, seen, deadline_ns, 1);
     }
     atomic_fetch_sub_explicit(&b->sleepers, 1, memory_order_relaxed);
+    if (spun > 0 && r >= 0) {
+        pn_spin_budget_missed(budget, spun, pn_monotonic_ns() - started);
+    }
+    else if (spun > 0) {
+        pn_spin_budget_learn(budget, INT64_MAX);
+    }
     return r;
 }
 

@@ -197,7 +197,7 @@ void pn_bell_ring_lazy(pn_bell *b);
  * microseconds) unless a stand-in polls, then sleeps until rung,
  * `deadline_ns` (PN_FOREVER) passes or a signal arrives.  A spin that
  * sees the work teaches `budget` how long it took; one spent in vain
- * halves it.  Returns 1 if ready() said so, 0 when woken with nothing
+ * teaches it through pn_spin_budget_missed.  Returns 1 if ready() said so, 0 when woken with nothing
  * found (caller rechecks), -ETIMEDOUT or -EINTR. */
 int pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
                  int64_t deadline_ns, pn_spin_budget *budget);

@@ -404,7 +404,8 @@ pn_future_set_done_hook(PyObject *fut, pn_future_hook hook, void *arg)
 }
 
 void
-pn_future_set_driver(PyObject *fut, pn_future_drive drive, PyObject *driver)
+pn_future_set_driver(PyObject *fut, const pn_future_driver *drive,
+                     PyObject *driver)
 {
     pn_future *f = (pn_future *)fut;
     if (!IS_DONE(fut_state(f))) {
@@ -449,27 +450,39 @@ wait_done(pn_future *f, PyObject *timeout)
     if (pn_parse_timeout(timeout, &deadline) < 0) {
         return -1;
     }
+    PyObject *driver = NULL;
+    const pn_future_driver *drive = f->drive;
+    int64_t started = 0, spun = 0;
     if (f->driver != NULL) {
-        PyObject *driver = Py_NewRef(f->driver);
-        int r = f->drive(driver, (PyObject *)f, deadline);
-        Py_DECREF(driver);
-        if (r < 0) {
+        driver = Py_NewRef(f->driver);
+        started = pn_monotonic_ns();
+        if (drive->wait(driver, (PyObject *)f, deadline, &spun) < 0) {
+            Py_DECREF(driver);
             return -1;
         }
         s = fut_state(f);
     }
+    int rc = 1;
     while (!IS_DONE(s)) {
         int r = pn_wait_word(&f->state, s, &f->nsleepers, &f->nspinners,
                              &wait_budget, deadline);
         if (r < 0) {
-            return -1;
+            rc = -1;
+            break;
         }
         s = fut_state(f);
         if (r == 1 && !IS_DONE(s)) {
-            return 0;
+            rc = 0;
+            break;
+        }
+        if (IS_DONE(s) && driver != NULL) {
+            /* The driver gave up before the end: tell it how long the
+             * whole wait took. */
+            drive->learn(driver, spun, pn_monotonic_ns() - started);
         }
     }
-    return 1;
+    Py_XDECREF(driver);
+    return rc;
 }
 
 /* Parses the single optional `timeout` argument of result()/exception(). */

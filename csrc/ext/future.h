@@ -25,13 +25,19 @@ typedef void (*pn_future_hook)(PyObject *fut, void *arg);
 
 #define PN_FUTURE_HOOKS 2
 
-/* Waits for `fut` by doing the work that completes it (GIL held on entry
- * and exit; it may release it): a process pool's waiter collects its own
- * result rather than sleep until the collector thread wakes it.  Returns
- * 1 once done, 0 when it stopped helping before (deadline, or nothing it
- * can do: the caller waits as usual), -1 with an exception set. */
-typedef int (*pn_future_drive)(PyObject *driver, PyObject *fut,
-                               int64_t deadline_ns);
+/* What completes a future, for its waiters to help (GIL held):
+ * wait() waits for `fut` by doing that work itself (it may release the
+ * GIL): a process pool's waiter collects its own result rather than sleep
+ * until the collector thread wakes it.  It returns 1 once done, 0 when it
+ * stopped helping before (deadline, or nothing it can do; *spun_ns: how
+ * long it polled), -1 with an exception set.  After a 0 the caller waits
+ * as usual and, once the future is done, reports the whole wait to
+ * learn(). */
+typedef struct pn_future_driver {
+    int (*wait)(PyObject *driver, PyObject *fut, int64_t deadline_ns,
+                int64_t *spun_ns);
+    void (*learn)(PyObject *driver, int64_t spun_ns, int64_t waited_ns);
+} pn_future_driver;
 
 typedef struct pn_future {
     PyObject_HEAD
@@ -56,7 +62,7 @@ typedef struct pn_future {
     /* What completes the future, for waiters to help it (dropped once the
      * future is done). */
     PyObject *driver;
-    pn_future_drive drive;
+    const pn_future_driver *drive;
     /* The work a thread pool carries in the future itself, so a submit
      * allocates one object. */
     pn_qnode qnode;
@@ -92,9 +98,9 @@ void pn_future_publish_staged(pn_future *f);
  * once. */
 int pn_future_set_done_hook(PyObject *fut, pn_future_hook hook, void *arg);
 
-/* Lets result()/exception() wait through drive(driver, ...) while the
- * future is pending (holds a reference to driver until then). */
-void pn_future_set_driver(PyObject *fut, pn_future_drive drive,
+/* Lets result()/exception() wait through drive->wait(driver, ...) while
+ * the future is pending (holds a reference to driver until then). */
+void pn_future_set_driver(PyObject *fut, const pn_future_driver *drive,
                           PyObject *driver);
 
 /* 1 if a completion would run Python code here: done-callbacks, or

@@ -527,8 +527,7 @@ static void
 break_pool(pool *p, PyObject *reason);
 static void
 on_future_done(PyObject *fut, void *arg);
-static int
-pool_drive(PyObject *driver, PyObject *fut, int64_t deadline);
+static const pn_future_driver pool_driver;
 
 static PyObject *
 pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -660,7 +659,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     body = NULL;
     Py_CLEAR(sink);
     t->future = Py_NewRef(fut);
-    pn_future_set_driver(fut, pool_drive, self);
+    pn_future_set_driver(fut, &pool_driver, self);
     t->timeout_ns = timeout > 0 ? (int64_t)(timeout * 1e9) : p->task_timeout_ns;
     lock_mu(p);
     t->id = p->next_id++;
@@ -1332,7 +1331,8 @@ help_collect(pool *p)
  * worker's lazy ring does not wake it) and gets rung when the waiter
  * leaves work behind.  Polls for at most the learnt help budget. */
 static int
-pool_drive(PyObject *driver, PyObject *fut, int64_t deadline)
+pool_drive(PyObject *driver, PyObject *fut, int64_t deadline,
+           int64_t *spun_ns)
 {
     pool *p = (pool *)driver;
     pn_future *f = (pn_future *)fut;
@@ -1377,10 +1377,25 @@ pool_drive(PyObject *driver, PyObject *fut, int64_t deadline)
         }
     }
     pn_bell_poll_leave(bell, any_done, &ra);
-    pn_spin_budget_learn(&help_budget,
-                         done ? pn_monotonic_ns() - started : INT64_MAX);
+    *spun_ns = pn_monotonic_ns() - started;
+    if (done) {
+        pn_spin_budget_learn(&help_budget, *spun_ns);
+    }
+    else if (err) {
+        pn_spin_budget_learn(&help_budget, INT64_MAX);
+    }
     return err ? -1 : done;
 }
+
+/* The wait pool_drive gave up on took waited_ns in all. */
+static void
+pool_drive_learn(PyObject *driver, int64_t spun_ns, int64_t waited_ns)
+{
+    (void)driver;
+    pn_spin_budget_missed(&help_budget, spun_ns, waited_ns);
+}
+
+static const pn_future_driver pool_driver = {pool_drive, pool_drive_learn};
 
 static int
 all_workers_gone_locked(pool *p)

@@ -216,9 +216,10 @@ def _single_threaded(grace=0.005):
         return True
     if threading.active_count() != 1:
         return False
+    # Polled, not slept: a short sleep can take milliseconds on a busy
+    # machine, longer than the thread takes to go.
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        time.sleep(0.0001)
         if _threads_in_process() == 1:
             return True
     return False
