@@ -1320,6 +1320,12 @@ help_collect(pool *p)
         }
         n += collect_worker(p, k, 1);
     }
+    if (n > 0) {
+        /* Collected slots are ring room: refill it from `pending` as the
+         * collector would (it sleeps while we poll), or workers run dry
+         * (100k submits then results: 136k -> 32k tasks/s without). */
+        dispatch(p);
+    }
     return n;
 }
 
