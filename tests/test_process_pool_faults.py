@@ -596,3 +596,24 @@ def test_first_worker_direct_child_reaped_and_healed():
     """)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0 and out.split() == ["ok"], (out, err)
+
+
+def test_shutdown_with_a_later_fork_pool_alive():
+    # The later pool's workers inherit the fork server's command pipe:
+    # shutdown must not wait for that pipe's EOF.
+    p = run_script("""
+        import concurrent.futures, multiprocessing, piston
+        from test_process_pool_faults import square
+        a = piston.ProcessPoolExecutor(2)
+        assert a.submit(square, 2).result(timeout=30) == 4
+        b = concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("fork"))
+        assert b.submit(square, 3).result(timeout=30) == 9
+        a.shutdown()
+        print("piston down", flush=True)
+        b.shutdown()
+        print("stdlib down", flush=True)
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and out.split() == ["piston", "down", "stdlib",
+                                                  "down"], (out, err)

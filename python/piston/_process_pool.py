@@ -168,6 +168,12 @@ def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
+                if line == b"quit":
+                    # Said outright: processes forked from the parent
+                    # later (a stdlib pool's workers) hold the pipe's
+                    # write end too, so its EOF may never come.
+                    closing = True
+                    continue
                 slot, gen = map(int, line.split())
                 _flush_std()
                 pid = os.fork()
@@ -286,6 +292,10 @@ class _Server:
     def close(self):
         """After the collector finished: the server exits once idle."""
         if self.cmd_w >= 0:
+            try:
+                os.write(self.cmd_w, b"quit\n")
+            except OSError:
+                pass                # the server is gone already
             os.close(self.cmd_w)
             self.cmd_w = -1
         if self.proc is not None:
