@@ -290,9 +290,10 @@ def startup(h):
     return [Row("", f"start-up to first result (vs {fastest})", "ms", values,
                 higher_is_better=False, baseline=fastest, target=1,
                 samples=samples,
-                note="piston forks its fork server only from a "
-                     "single-threaded process; with threads (numpy's "
-                     "BLAS pool counts) it starts a fresh interpreter")]
+                note="piston forks its fork server (and, before it, its "
+                     "first worker) only from a single-threaded process; "
+                     "with threads (numpy's BLAS pool counts) it starts a "
+                     "fresh interpreter")]
 
 
 CASES = [

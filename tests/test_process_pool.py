@@ -233,3 +233,72 @@ def test_shutdown_no_wait_then_results(make_pool):
     fs = [ex.submit(sleep_and_return, 0.05, i) for i in range(4)]
     ex.shutdown(wait=False)
     assert [f.result(timeout=30) for f in fs] == list(range(4))
+
+
+# ---- waiting threads that collect results themselves -------------------
+# (piston: a thread in result() polls for its own result and completes the
+# futures it finds; these bodies hold on both pools.)
+
+def test_one_at_a_time_round_trips(make_pool):
+    ex = make_pool(2)
+    for i in range(300):
+        assert ex.submit(square, i).result(timeout=30) == i * i
+
+
+def test_many_threads_waiting_at_once(make_pool):
+    ex = make_pool(2)
+    errors, done = [], []
+
+    def client(k):
+        try:
+            for i in range(100):
+                f = ex.submit(add, k, i)
+                assert f.result(timeout=60) == k + i
+                assert f.done() and f.exception() is None
+            done.append(k)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and sorted(done) == list(range(6))
+
+
+def test_waiter_and_callbacks_each_see_the_result_once(make_pool):
+    ex = make_pool(2)
+    seen = []
+    lock = threading.Lock()
+    fs = []
+    for i in range(50):
+        f = ex.submit(square, i)
+        if i % 2:
+            f.add_done_callback(
+                lambda f, i=i: (lock.acquire(), seen.append(i),
+                                lock.release()))
+        fs.append(f)
+    assert [f.result(timeout=60) for f in fs] == [i * i for i in range(50)]
+    deadline = time.monotonic() + 30
+    while len(seen) < 25 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(seen) == list(range(1, 50, 2))
+
+
+def test_result_timeout_while_waiting_then_result(make_pool):
+    ex = make_pool(1)
+    f = ex.submit(sleep_and_return, 0.5, "late")
+    with pytest.raises(cf.TimeoutError):
+        f.result(timeout=0.05)
+    assert f.result(timeout=30) == "late"
+    # Other work still flows after a waiter gave up.
+    assert ex.submit(square, 7).result(timeout=30) == 49
+
+
+def test_result_of_a_task_behind_a_slow_one(make_pool):
+    ex = make_pool(1)
+    slow = ex.submit(sleep_and_return, 0.3, "slow")
+    quick = [ex.submit(square, i) for i in range(5)]
+    assert [f.result(timeout=30) for f in quick] == [0, 1, 4, 9, 16]
+    assert slow.result(timeout=30) == "slow"

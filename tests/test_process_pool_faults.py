@@ -546,3 +546,74 @@ def test_soak_flat_rss_and_fds(pool):
     # Flat: the second half grows by less than 16 MiB over the first.
     half = len(rss) // 2
     assert max(rss[half:]) - max(rss[:half]) < 16 * 1024, rss
+
+
+# ---- the first worker, forked by the executor itself ---------------------------
+# (in a fresh single-threaded process: the test runner may have threads of
+# its own, e.g. faulthandler's watchdog, and then the pool never forks)
+
+def test_first_worker_direct_child_reaped_and_healed():
+    p = run_script("""
+        import os, signal, threading, time
+        import piston
+        from test_process_pool_faults import (pid_of_worker, sleep_and_pid,
+                                              square)
+
+        def state(pid):
+            try:
+                with open("/proc/%d/stat" % pid) as fh:
+                    return fh.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return None         # gone, reaped
+
+        # A thread that just ended does not stop the pool from forking.
+        t = threading.Thread(target=time.sleep, args=(0.01,))
+        t.start()
+        t.join()
+        ex = piston.ProcessPoolExecutor(1)
+        first = ex.submit(pid_of_worker).result(timeout=30)
+        assert ex._server.method == "fork", ex._server.method
+        assert open("/proc/%d/stat" % first).read().rsplit(")", 1)[1] \
+            .split()[1] == str(os.getpid()), "not a direct child"
+        running = ex.submit(sleep_and_pid, 10)
+        time.sleep(0.3)
+        os.kill(first, signal.SIGKILL)
+        try:
+            running.result(timeout=30)
+        except piston.WorkerCrashedError as e:
+            assert "SIGKILL" in str(e), e
+        else:
+            raise AssertionError("no crash reported")
+        assert state(first) is None, state(first)
+        assert ex.submit(square, 4).result(timeout=30) == 16
+        pids = set(ex._worker_pids())
+        ex.shutdown(wait=True)
+        deadline = time.monotonic() + 10
+        while any(state(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {p: state(p) for p in pids} == {p: None for p in pids}
+        print("ok", flush=True)
+    """)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and out.split() == ["ok"], (out, err)
+
+
+def test_shutdown_with_a_later_fork_pool_alive():
+    # The later pool's workers inherit the fork server's command pipe:
+    # shutdown must not wait for that pipe's EOF.
+    p = run_script("""
+        import concurrent.futures, multiprocessing, piston
+        from test_process_pool_faults import square
+        a = piston.ProcessPoolExecutor(2)
+        assert a.submit(square, 2).result(timeout=30) == 4
+        b = concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("fork"))
+        assert b.submit(square, 3).result(timeout=30) == 9
+        a.shutdown()
+        print("piston down", flush=True)
+        b.shutdown()
+        print("stdlib down", flush=True)
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and out.split() == ["piston", "down", "stdlib",
+                                                  "down"], (out, err)

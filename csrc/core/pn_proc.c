@@ -58,6 +58,39 @@ pn_pidfd_exited(int pidfd)
 }
 
 int
+pn_pidfd_reap(int pidfd, int *wstatus)
+{
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    int r;
+    do {
+        r = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        return -errno;
+    }
+    if (info.si_pid == 0) {
+        return 0;
+    }
+    /* Back to the raw wait status waitpid() would have given. */
+    switch (info.si_code) {
+    case CLD_EXITED:
+        *wstatus = (info.si_status & 0xff) << 8;
+        break;
+    case CLD_DUMPED:
+        *wstatus = (info.si_status & 0x7f) | 0x80;
+        break;
+    default:
+        *wstatus = info.si_status & 0x7f;
+        break;
+    }
+    return 1;
+}
+
+int
 pn_set_pdeathsig(int sig, pid_t expected_parent)
 {
     if (prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) < 0) {

@@ -19,6 +19,11 @@ int pn_pidfd_exited(int pidfd);
  * 0 timeout, -errno (-EINTR on a signal). */
 int pn_pidfd_wait(int pidfd, int timeout_ms);
 
+/* Reaps our own child behind the pidfd if it exited: 1 with its raw wait
+ * status in *wstatus, 0 if it still runs, -errno (-ECHILD when somebody
+ * else reaped it). */
+int pn_pidfd_reap(int pidfd, int *wstatus);
+
 /* Asks the kernel to send `sig` to this process when its parent dies
  * (then checks the parent did not die already).  0 or -errno. */
 int pn_set_pdeathsig(int sig, pid_t expected_parent);

@@ -163,23 +163,74 @@ pn_bell_ring(pn_bell *b)
     }
 }
 
+void
+pn_bell_ring_lazy(pn_bell *b)
+{
+    /* Pairs with the fence in pn_bell_poll_leave (Dekker): either we see
+     * the stand-in still polling, and its check after leaving sees what
+     * we published, or we ring as usual. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&b->pollers, memory_order_relaxed) != 0) {
+        return;
+    }
+    pn_bell_ring(b);
+}
+
+void
+pn_bell_poll_enter(pn_bell *b)
+{
+    atomic_fetch_add_explicit(&b->pollers, 1, memory_order_seq_cst);
+}
+
+void
+pn_bell_poll_leave(pn_bell *b, int (*ready)(void *), void *arg)
+{
+    atomic_fetch_sub_explicit(&b->pollers, 1, memory_order_seq_cst);
+    /* Pairs with the fence in pn_bell_ring_lazy. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (ready(arg)) {
+        pn_bell_ring(b);
+    }
+}
+
 int
-pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
+pn_bell_spin(pn_bell *b, int (*ready)(void *), void *arg,
              int64_t deadline_ns, int64_t spin_ns)
 {
-    if (spin_ns > 0) {
-        int64_t stop = pn_monotonic_ns() + spin_ns;
-        if (deadline_ns != PN_FOREVER && deadline_ns < stop) {
-            stop = deadline_ns;
+    pn_spinner spin;
+    if (deadline_ns != PN_FOREVER && spin_ns > 0) {
+        int64_t left = deadline_ns - pn_monotonic_ns();
+        spin_ns = left < spin_ns ? left : spin_ns;
+    }
+    pn_spinner_init(&spin, spin_ns);
+    do {
+        if (ready(arg)) {
+            return 1;
         }
-        for (unsigned i = 1;; i++) {
-            if (ready(arg)) {
-                return 1;
-            }
-            pn_cpu_relax();
-            if ((i & 31) == 0 && pn_monotonic_ns() >= stop) {
-                break;
-            }
+        /* A stand-in polls: leave the core to it. */
+        if (atomic_load_explicit(&b->pollers, memory_order_relaxed) != 0) {
+            return 0;
+        }
+    } while (pn_spinner_step(&spin));
+    return 0;
+}
+
+int
+pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
+             int64_t deadline_ns, pn_spin_budget *budget)
+{
+    int r = 1;
+    int64_t started = 0, spun = 0;
+    if (budget != NULL) {
+        started = pn_monotonic_ns();
+        if (pn_bell_spin(b, ready, arg, deadline_ns,
+                         pn_spin_budget_get(budget))) {
+            pn_spin_budget_learn(budget, pn_monotonic_ns() - started);
+            return 1;
+        }
+        /* A spin cut short by a stand-in teaches nothing. */
+        if (atomic_load_explicit(&b->pollers, memory_order_relaxed) == 0) {
+            spun = pn_monotonic_ns() - started;
         }
     }
     /* Pairs with the fetch_add in pn_bell_ring. */
@@ -187,12 +238,39 @@ pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
     atomic_fetch_add_explicit(&b->sleepers, 1, memory_order_relaxed);
     /* Pairs with the fence in pn_bell_ring. */
     atomic_thread_fence(memory_order_seq_cst);
-    int r = 1;
     if (!ready(arg)) {
         r = pn_futex_wait(&b->seq, seen, deadline_ns, 1);
     }
     atomic_fetch_sub_explicit(&b->sleepers, 1, memory_order_relaxed);
+    if (spun > 0 && r >= 0) {
+        pn_spin_budget_missed(budget, spun, pn_monotonic_ns() - started);
+    }
+    else if (spun > 0) {
+        pn_spin_budget_learn(budget, INT64_MAX);
+    }
     return r;
+}
+
+int
+pn_worker_spin_enter(pn_shm_header *h, uint32_t max)
+{
+    uint32_t n = atomic_load_explicit(&h->idle_spinners,
+                                      memory_order_relaxed);
+    while (n < max) {
+        /* Only a count: no data is published through it. */
+        if (atomic_compare_exchange_weak_explicit(
+                &h->idle_spinners, &n, n + 1, memory_order_relaxed,
+                memory_order_relaxed)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void
+pn_worker_spin_leave(pn_shm_header *h)
+{
+    atomic_fetch_sub_explicit(&h->idle_spinners, 1, memory_order_relaxed);
 }
 
 /* --- the task ring ------------------------------------------------------ */
@@ -249,7 +327,7 @@ pn_ring_done(pn_shm *shm, pn_slot *slot, uint64_t index)
      * DONE sees the result written into the slot. */
     atomic_store_explicit(&slot->state, pn_slot_word(index, PN_SLOT_DONE),
                           memory_order_release);
-    pn_bell_ring(&pn_shm_hdr(shm)->parent_bell);
+    pn_bell_ring_lazy(&pn_shm_hdr(shm)->parent_bell);
 }
 
 int

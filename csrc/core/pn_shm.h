@@ -21,12 +21,14 @@
  * and records the slot's ring index, so a state left over from the previous
  * lap is never mistaken for the current one. */
 
+#include "core/pn_spin.h"
+
 #include <stdalign.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define PN_SHM_MAGIC UINT64_C(0x31306d737473696e) /* "nistsm01" */
-#define PN_SHM_VERSION 1
+#define PN_SHM_VERSION 2
 #define PN_CACHELINE 64
 
 /* A message's out-of-band buffers carried in the slot itself; a pickle with
@@ -62,11 +64,16 @@ enum {
 
 /* A futex word with a count of possible sleepers, so the side that rings
  * skips the syscall when nobody sleeps.  Owner: prepare, recheck, sleep;
- * ringer: publish, ring. */
+ * ringer: publish, ring.  `pollers` counts stand-ins: threads polling for
+ * the owner's work that will do it themselves (the parent thread waiting
+ * in result() collects its own result); while one polls, a lazy ring
+ * wakes nobody and the owner does not spin, and a stand-in that leaves
+ * with work still there rings for it. */
 typedef struct pn_bell {
     alignas(PN_CACHELINE) _Atomic uint32_t seq;
     _Atomic uint32_t sleepers;
-    char pad_[PN_CACHELINE - 2 * sizeof(uint32_t)];
+    _Atomic uint32_t pollers;
+    char pad_[PN_CACHELINE - 3 * sizeof(uint32_t)];
 } pn_bell;
 
 /* A pickle on its way: body inline in the slot or in an arena block, and
@@ -123,6 +130,9 @@ typedef struct pn_shm_header {
     uint64_t warena_off;        /* worker k's arena at warena_off + k*size */
     uint64_t warena_size;
     pn_bell parent_bell;        /* the parent's collector sleeps here */
+    /* Workers spinning for their next task, capped so that spinners leave
+     * the parent a core (pn_worker_spin_enter). */
+    alignas(PN_CACHELINE) _Atomic uint32_t idle_spinners;
 } pn_shm_header;
 
 /* A mapping of the region in this process. */
@@ -178,13 +188,35 @@ pn_slot_word(uint64_t index, unsigned st)
 /* Ringer side: call after publishing with a release store. */
 void pn_bell_ring(pn_bell *b);
 
-/* Owner side: `ready(arg)` rechecks for work (acquire loads).  Spins up
- * to `spin_ns` (a sleep and wake-up costs several microseconds), then
- * sleeps until rung, `deadline_ns` (PN_FOREVER) passes or a signal
- * arrives.  Returns 1 if ready() said so, 0 when woken with nothing found
- * (caller rechecks), -ETIMEDOUT or -EINTR. */
+/* The same, except that while a stand-in polls nobody is woken (the
+ * stand-in sees what was published, or rings when it leaves). */
+void pn_bell_ring_lazy(pn_bell *b);
+
+/* Owner side: `ready(arg)` rechecks for work (acquire loads).  Spins for
+ * the learnt `budget` (NULL: no spin; a sleep and wake-up costs several
+ * microseconds) unless a stand-in polls, then sleeps until rung,
+ * `deadline_ns` (PN_FOREVER) passes or a signal arrives.  A spin that
+ * sees the work teaches `budget` how long it took; one spent in vain
+ * teaches it through pn_spin_budget_missed.  Returns 1 if ready() said so, 0 when woken with nothing
+ * found (caller rechecks), -ETIMEDOUT or -EINTR. */
 int pn_bell_wait(pn_bell *b, int (*ready)(void *), void *arg,
+                 int64_t deadline_ns, pn_spin_budget *budget);
+
+/* Only the spinning part of pn_bell_wait, for `spin_ns` (no learning):
+ * 1 if ready() said so, else 0 (spent, deadline, or a stand-in polls). */
+int pn_bell_spin(pn_bell *b, int (*ready)(void *), void *arg,
                  int64_t deadline_ns, int64_t spin_ns);
+
+/* Stand-in side: announce polling before the first check of the work, and
+ * leave after the last; leaving rings the owner if `ready(arg)` finds work
+ * that the stand-in left undone. */
+void pn_bell_poll_enter(pn_bell *b);
+void pn_bell_poll_leave(pn_bell *b, int (*ready)(void *), void *arg);
+
+/* A worker about to spin for its next task: 1 if it may (fewer than `max`
+ * workers spin now; then call pn_worker_spin_leave after), else 0. */
+int pn_worker_spin_enter(pn_shm_header *h, uint32_t max);
+void pn_worker_spin_leave(pn_shm_header *h);
 
 /* --- the task ring of one worker (parent produces, worker consumes) ---- */
 
@@ -197,7 +229,8 @@ void pn_ring_publish(pn_worker_ctl *ctl, pn_slot *slot, uint64_t index);
  * Either of the first two moves the worker's position past `index`. */
 int pn_ring_take(pn_worker_ctl *ctl, pn_slot *slot, uint64_t index);
 
-/* Worker: the result is in the slot; marks it DONE and rings the parent. */
+/* Worker: the result is in the slot; marks it DONE and rings the parent
+ * (lazily: a parent thread polling for it needs no wake-up). */
 void pn_ring_done(pn_shm *shm, pn_slot *slot, uint64_t index);
 
 /* Parent: takes back a task no worker has started; 1 if it did. */

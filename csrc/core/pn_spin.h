@@ -99,4 +99,15 @@ pn_spin_budget_learn(pn_spin_budget *b, int64_t waited_ns)
     __atomic_store_n(&b->ns, v, __ATOMIC_RELAXED);
 }
 
+/* A spin of spun_ns missed and the whole wait took waited_ns.  An answer
+ * that came long after the spin gave up means the spin was too short: the
+ * budget learns the wait (so a budget at its floor recovers).  One that
+ * came right after may have waited for the spinner to leave the core they
+ * share: the budget shrinks. */
+static inline void
+pn_spin_budget_missed(pn_spin_budget *b, int64_t spun_ns, int64_t waited_ns)
+{
+    pn_spin_budget_learn(b, waited_ns > 2 * spun_ns ? waited_ns : INT64_MAX);
+}
+
 #endif

@@ -207,6 +207,8 @@ run_done(pn_future *f)
     PyObject *cbs = f->callbacks, *raised = NULL;
     int is_list = f->callbacks_is_list;
 
+    f->drive = NULL;
+    Py_CLEAR(f->driver);
     for (int i = 0; i < PN_FUTURE_HOOKS && f->hooks[i] != NULL; i++) {
         pn_future_hook hook = f->hooks[i];
         f->hooks[i] = NULL;
@@ -402,6 +404,25 @@ pn_future_set_done_hook(PyObject *fut, pn_future_hook hook, void *arg)
 }
 
 void
+pn_future_set_driver(PyObject *fut, const pn_future_driver *drive,
+                     PyObject *driver)
+{
+    pn_future *f = (pn_future *)fut;
+    if (!IS_DONE(fut_state(f))) {
+        Py_XSETREF(f->driver, Py_NewRef(driver));
+        f->drive = drive;
+    }
+}
+
+int
+pn_future_observed(PyObject *fut)
+{
+    pn_future *f = (pn_future *)fut;
+    return f->callbacks != NULL || f->waiters != NULL
+           || f->condition != NULL;
+}
+
+void
 pn_future_clear_work(pn_future *f)
 {
     Py_CLEAR(f->fn);
@@ -429,18 +450,39 @@ wait_done(pn_future *f, PyObject *timeout)
     if (pn_parse_timeout(timeout, &deadline) < 0) {
         return -1;
     }
+    PyObject *driver = NULL;
+    const pn_future_driver *drive = f->drive;
+    int64_t started = 0, spun = 0;
+    if (f->driver != NULL) {
+        driver = Py_NewRef(f->driver);
+        started = pn_monotonic_ns();
+        if (drive->wait(driver, (PyObject *)f, deadline, &spun) < 0) {
+            Py_DECREF(driver);
+            return -1;
+        }
+        s = fut_state(f);
+    }
+    int rc = 1;
     while (!IS_DONE(s)) {
         int r = pn_wait_word(&f->state, s, &f->nsleepers, &f->nspinners,
                              &wait_budget, deadline);
         if (r < 0) {
-            return -1;
+            rc = -1;
+            break;
         }
         s = fut_state(f);
         if (r == 1 && !IS_DONE(s)) {
-            return 0;
+            rc = 0;
+            break;
+        }
+        if (IS_DONE(s) && driver != NULL) {
+            /* The driver gave up before the end: tell it how long the
+             * whole wait took. */
+            drive->learn(driver, spun, pn_monotonic_ns() - started);
         }
     }
-    return 1;
+    Py_XDECREF(driver);
+    return rc;
 }
 
 /* Parses the single optional `timeout` argument of result()/exception(). */
@@ -758,6 +800,7 @@ fut_traverse(pn_future *f, visitproc visit, void *arg)
     Py_VISIT(f->callbacks);
     Py_VISIT(f->condition);
     Py_VISIT(f->waiters);
+    Py_VISIT(f->driver);
     Py_VISIT(f->fn);
     Py_VISIT(f->args);
     Py_VISIT(f->kwargs);
@@ -773,6 +816,8 @@ fut_clear(pn_future *f)
     f->callbacks_is_list = 0;
     Py_CLEAR(f->condition);
     Py_CLEAR(f->waiters);
+    Py_CLEAR(f->driver);
+    f->drive = NULL;
     pn_future_clear_work(f);
     return 0;
 }

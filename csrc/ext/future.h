@@ -25,6 +25,20 @@ typedef void (*pn_future_hook)(PyObject *fut, void *arg);
 
 #define PN_FUTURE_HOOKS 2
 
+/* What completes a future, for its waiters to help (GIL held):
+ * wait() waits for `fut` by doing that work itself (it may release the
+ * GIL): a process pool's waiter collects its own result rather than sleep
+ * until the collector thread wakes it.  It returns 1 once done, 0 when it
+ * stopped helping before (deadline, or nothing it can do; *spun_ns: how
+ * long it polled), -1 with an exception set.  After a 0 the caller waits
+ * as usual and, once the future is done, reports the whole wait to
+ * learn(). */
+typedef struct pn_future_driver {
+    int (*wait)(PyObject *driver, PyObject *fut, int64_t deadline_ns,
+                int64_t *spun_ns);
+    void (*learn)(PyObject *driver, int64_t spun_ns, int64_t waited_ns);
+} pn_future_driver;
+
 typedef struct pn_future {
     PyObject_HEAD
     /* Waiters in result()/exception() sleep on this word with the GIL
@@ -45,6 +59,10 @@ typedef struct pn_future {
      * cancel and the loop's batched completion). */
     pn_future_hook hooks[PN_FUTURE_HOOKS];
     void *hook_args[PN_FUTURE_HOOKS];
+    /* What completes the future, for waiters to help it (dropped once the
+     * future is done). */
+    PyObject *driver;
+    const pn_future_driver *drive;
     /* The work a thread pool carries in the future itself, so a submit
      * allocates one object. */
     pn_qnode qnode;
@@ -79,6 +97,15 @@ void pn_future_publish_staged(pn_future *f);
  * when PN_FUTURE_HOOKS are set already.  A future already done calls it at
  * once. */
 int pn_future_set_done_hook(PyObject *fut, pn_future_hook hook, void *arg);
+
+/* Lets result()/exception() wait through drive->wait(driver, ...) while
+ * the future is pending (holds a reference to driver until then). */
+void pn_future_set_driver(PyObject *fut, const pn_future_driver *drive,
+                          PyObject *driver);
+
+/* 1 if a completion would run Python code here: done-callbacks, or
+ * cf.wait()/as_completed() waiters. */
+int pn_future_observed(PyObject *fut);
 
 /* Drops the work a thread pool attached (fn, args, kwargs). */
 void pn_future_clear_work(pn_future *f);

@@ -5,11 +5,14 @@
 #endif
 #include "ext/module.h"
 #include "ext/future.h"
+#include "ext/procpool.h"
+#include "ext/wait.h"
 #include "core/pn_arena.h"
 #include "core/pn_fork.h"
 #include "core/pn_futex.h"
 #include "core/pn_proc.h"
 #include "core/pn_shm.h"
+#include "core/pn_spin.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -17,13 +20,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#define MADV_POPULATE_WRITE 23
-#endif
 
 /* How the parent and the workers share the work
  * ------------------------------------------------
@@ -54,12 +52,14 @@
  * is contended (lock_mu), so no Python code runs under `mu`. */
 
 #define HEARTBEAT_NS (100 * 1000 * 1000)
-/* How long the collector while tasks are out (and a worker that just
- * finished a task, when cores allow) spin before sleeping: a futex sleep
- * and wake-up costs 5-10 us on a busy 2-core VM and the next result
- * usually comes sooner; 50 us gave 35 -> 21 us one-at-a-time latency,
- * 100 us a little better (benchmarks/proc.py latency case). */
-#define SPIN_NS (100 * 1000)
+/* The most the collector spins for a result while tasks are out, and a
+ * thread in result() polls for its own result, before each sleeps (idle
+ * workers: procpool_worker.c); learnt down from there (pn_spin_budget)
+ * when waits run longer, so a busy machine stops paying for spins.  A
+ * futex sleep and wake-up costs 5-15 us on a 2-core VM: one-at-a-time
+ * latency and 1 MiB arrays (benchmarks/proc.py) chose them. */
+#define COLLECT_SPIN_NS (100 * 1000)
+#define HELP_SPIN_NS (200 * 1000)
 #define BUF_THRESHOLD_DEFAULT (64 * 1024)
 #define STOP_GRACE_NS (INT64_C(3) * 1000 * 1000 * 1000)
 /* Tasks a worker gets ahead is about this much work (at least 2, at most
@@ -67,11 +67,6 @@
  * 70k vs 130k tasks/s on 2 cores, /tmp bench of this commit), shallow ones
  * for long tasks so they stay cancellable and balanced, as the stdlib
  * keeps only max_workers + 1 in its call queue. */
-/* A worker maps an argument's pages in one call from this size on; below,
- * a reused block is mostly mapped already and the madvise call is pure
- * cost (1 MiB arguments: 3.9 -> 3.7..5.2 GB/s, within this machine's
- * noise). */
-#define WORKER_POPULATE_MIN (8u << 20)
 #define PREFETCH_WORK_NS (5 * 1000 * 1000)
 
 enum { W_FREE, W_STARTING, W_LIVE };
@@ -102,6 +97,9 @@ typedef struct worker {
     uint64_t assigned;          /* tasks given since start */
     int kill_reason;
     int was_ready;
+    int collecting;             /* a thread is collecting its slots (mu) */
+    int direct;                 /* our own child (not the fork server's):
+                                 * the collector reaps it */
     task **tasks;               /* ring_cap shadow entries */
     uint64_t *retained;         /* parent blocks the worker kept alive */
     size_t nretained, cap_retained;
@@ -144,7 +142,12 @@ typedef struct pool {
     _Atomic uint32_t thread_done;   /* futex word: 1 when it exited */
     int64_t next_heartbeat;
     int64_t ewma_ns;            /* recent task run time, under mu */
+    pn_spin_budget collect_budget;  /* the collector thread's */
 } pool;
+
+/* Process-wide: how long result() polls for its own result is a property
+ * of the machine's load, like future.c's wait budget. */
+static pn_spin_budget help_budget = PN_SPIN_BUDGET_INIT(HELP_SPIN_NS);
 
 /* ---------------------------------------------------------------- utils */
 
@@ -188,260 +191,6 @@ wait_word_gil(_Atomic uint32_t *word, uint32_t seen, int64_t deadline)
         if (PyErr_CheckSignals() < 0) {
             return -1;
         }
-    }
-}
-
-/* Maps a big block's pages in one call instead of one fault per page
- * (Linux 5.14+; a no-op elsewhere). */
-static void
-populate(unsigned char *p, uint64_t len, int advice)
-{
-    if (len < (1u << 20)) {
-        return;
-    }
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095;
-    (void)madvise((void *)a, len + ((uintptr_t)p - a), advice);
-}
-
-static unsigned char *
-msg_body(unsigned char *base, pn_slot *slot)
-{
-    return slot->msg.body_off ? base + slot->msg.body_off : slot->data;
-}
-
-/* Sets `exc` (a reference stolen) as the current exception, traceback
- * kept. */
-static void
-restore_exc(PyObject *exc)
-{
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
-                  PyException_GetTraceback(exc));
-}
-
-/* -------------------------------------------- pickling with out-of-band
- * buffers: a callable that keeps big contiguous buffers for the arena and
- * lets pickle keep the rest in-band. */
-
-typedef struct {
-    PyObject_HEAD
-    Py_ssize_t threshold;
-    int n;
-    PyObject *bufs[PN_MSG_MAXBUFS];
-} bufsink;
-
-static PyObject *
-bufsink_call(PyObject *self, PyObject *args, PyObject *kw)
-{
-    bufsink *s = (bufsink *)self;
-    PyObject *pb;
-    if (kw != NULL || !PyArg_UnpackTuple(args, "buffer_callback", 1, 1, &pb)) {
-        return NULL;
-    }
-    if (s->n < PN_MSG_MAXBUFS) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(pb, &view, PyBUF_ANY_CONTIGUOUS) == 0) {
-            Py_ssize_t len = view.len;
-            PyBuffer_Release(&view);
-            if (len >= s->threshold) {
-                s->bufs[s->n++] = Py_NewRef(pb);
-                Py_RETURN_FALSE;    /* out of band */
-            }
-        }
-        else {
-            PyErr_Clear();
-        }
-    }
-    Py_RETURN_TRUE;                 /* in band */
-}
-
-static void
-bufsink_reset(bufsink *s)
-{
-    for (int i = 0; i < s->n; i++) {
-        Py_CLEAR(s->bufs[i]);
-    }
-    s->n = 0;
-}
-
-static int
-bufsink_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    bufsink *s = (bufsink *)self;
-    Py_VISIT(Py_TYPE(self));
-    for (int i = 0; i < s->n; i++) {
-        Py_VISIT(s->bufs[i]);
-    }
-    return 0;
-}
-
-static void
-bufsink_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    bufsink_reset((bufsink *)self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-static PyType_Slot bufsink_slots[] = {
-    {Py_tp_call, bufsink_call},
-    {Py_tp_traverse, bufsink_traverse},
-    {Py_tp_dealloc, bufsink_dealloc},
-    {0, NULL},
-};
-
-static PyType_Spec bufsink_spec = {
-    .name = "piston._piston._BufferSink",
-    .basicsize = sizeof(bufsink),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
-             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = bufsink_slots,
-};
-
-static bufsink *
-bufsink_new(pn_state *st, Py_ssize_t threshold)
-{
-    bufsink *s = PyObject_GC_New(bufsink, st->ProcBufSinkType);
-    if (s != NULL) {
-        s->threshold = threshold;
-        s->n = 0;
-        PyObject_GC_Track(s);
-    }
-    return s;
-}
-
-/* pickle with protocol 5 (then cloudpickle when that fails and is
- * installed); the body as bytes, big buffers left in `sink`. */
-static PyObject *
-dumps5(PyObject *dumps, PyObject *cloud_dumps, PyObject *kwnames,
-       PyObject *obj, bufsink *sink)
-{
-    PyObject *five = PyLong_FromLong(5);
-    if (five == NULL) {
-        return NULL;
-    }
-    PyObject *argv[3] = {obj, five, (PyObject *)sink};
-    PyObject *body = PyObject_Vectorcall(dumps, argv, 2, kwnames);
-    if (body == NULL && cloud_dumps != NULL
-        && !PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
-        PyObject *exc = pn_fetch_exception();
-        bufsink_reset(sink);
-        body = PyObject_Vectorcall(cloud_dumps, argv, 2, kwnames);
-        if (body == NULL) {
-            /* Report the stdlib pickler's complaint, which names the
-             * object; cloudpickle's is about its own internals. */
-            PyErr_Clear();
-            restore_exc(exc);
-        }
-        else {
-            Py_XDECREF(exc);
-        }
-    }
-    Py_DECREF(five);
-    if (body != NULL && !PyBytes_Check(body)) {
-        Py_DECREF(body);
-        PyErr_SetString(PyExc_TypeError, "dumps() did not return bytes");
-        return NULL;
-    }
-    return body;
-}
-
-/* Bytes a pickle (body + out-of-band buffers) needs in an arena. */
-static uint64_t
-msg_size(PyObject *body, bufsink *sink)
-{
-    uint64_t need = (uint64_t)PyBytes_GET_SIZE(body);
-    for (int i = 0; i < sink->n; i++) {
-        Py_buffer v;
-        if (PyObject_GetBuffer(sink->bufs[i], &v, PyBUF_ANY_CONTIGUOUS) == 0) {
-            need += (uint64_t)v.len;
-            PyBuffer_Release(&v);
-        }
-        else {
-            PyErr_Clear();
-        }
-    }
-    return need;
-}
-
-/* Copies a pickle (body + sink buffers) into msg/inline storage, with
- * blocks from `arena`.  0, 1 when the arena is full for now, -1 error. */
-static int
-store_msg(pn_arena *arena, unsigned char *base, PyObject *body,
-          bufsink *sink, pn_msg *msg, unsigned char *inl, uint32_t *inl_len)
-{
-    Py_ssize_t blen = PyBytes_GET_SIZE(body);
-    memset(msg, 0, sizeof(*msg));
-    msg->body_len = (uint64_t)blen;
-    if ((size_t)blen <= PN_SLOT_INLINE) {
-        if (inl == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        memcpy(inl, PyBytes_AS_STRING(body), (size_t)blen);
-        *inl_len = (uint32_t)blen;
-    }
-    else {
-        uint64_t off = pn_arena_alloc(arena, (uint64_t)blen);
-        if (off == 0) {
-            return 1;
-        }
-        memcpy(base + off, PyBytes_AS_STRING(body), (size_t)blen);
-        msg->body_off = off;
-        *inl_len = 0;
-    }
-    for (int i = 0; i < sink->n; i++) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(sink->bufs[i], &view, PyBUF_ANY_CONTIGUOUS)
-            < 0) {
-            goto fail;
-        }
-        uint64_t off = pn_arena_alloc(arena, (uint64_t)view.len);
-        if (off == 0) {
-            PyBuffer_Release(&view);
-            goto full;
-        }
-        /* Map the pages in one call the first time only: a reused
-         * block's pages stay mapped in this process. */
-        if (pn_arena_touched(arena, off, (uint64_t)view.len)
-            < (uint64_t)view.len) {
-            populate(base + off, (uint64_t)view.len, MADV_POPULATE_WRITE);
-        }
-        memcpy(base + off, view.buf, (size_t)view.len);
-        msg->buf_off[i] = off;
-        msg->buf_len[i] = (uint64_t)view.len;
-        msg->nbufs = (uint32_t)i + 1;
-        PyBuffer_Release(&view);
-    }
-    return 0;
-full:
-    for (uint32_t i = 0; i < msg->nbufs; i++) {
-        pn_arena_free(base, arena->off + arena->size, msg->buf_off[i]);
-    }
-    if (msg->body_off) {
-        pn_arena_free(base, arena->off + arena->size, msg->body_off);
-    }
-    return 1;
-fail:
-    for (uint32_t i = 0; i < msg->nbufs; i++) {
-        pn_arena_free(base, arena->off + arena->size, msg->buf_off[i]);
-    }
-    if (msg->body_off) {
-        pn_arena_free(base, arena->off + arena->size, msg->body_off);
-    }
-    return -1;
-}
-
-/* Frees the arena blocks a message refers to (any process). */
-static void
-free_msg(pn_shm *shm, pn_msg *msg)
-{
-    for (uint32_t i = 0; i < msg->nbufs; i++) {
-        pn_arena_free(shm->base, shm->size, msg->buf_off[i]);
-    }
-    if (msg->body_off) {
-        pn_arena_free(shm->base, shm->size, msg->body_off);
     }
 }
 
@@ -685,7 +434,7 @@ dispatch(pool *p)
             w->tasks[index & (p->ring_cap - 1)] = NULL;
             w->assigned--;
             write_slot(p, w, t, index, 1);
-            free_msg(&p->shm, &t->msg);
+            pn__free_msg(&p->shm, &t->msg);
             unlock_mu(p);
             PyObject *f = t->future;
             t->future = NULL;
@@ -720,6 +469,7 @@ start_worker(pool *p, uint32_t k)
     w->produced = w->collected = w->assigned = 0;
     w->kill_reason = KILL_NONE;
     w->was_ready = 0;
+    w->direct = 0;
     atomic_store_explicit(&ctl->wstatus, 0, memory_order_relaxed);
     atomic_store_explicit(&ctl->stop, 0, memory_order_relaxed);
     atomic_store_explicit(&ctl->pid, 0, memory_order_relaxed);
@@ -777,6 +527,7 @@ static void
 break_pool(pool *p, PyObject *reason);
 static void
 on_future_done(PyObject *fut, void *arg);
+static const pn_future_driver pool_driver;
 
 static PyObject *
 pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -821,12 +572,12 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
 
-    bufsink *sink = bufsink_new(st, p->threshold);
+    pn__bufsink *sink = pn__bufsink_new(st, p->threshold);
     if (sink == NULL) {
         return NULL;
     }
     PyObject *payload = PyTuple_Pack(3, fn, fargs, fkw);
-    PyObject *body = payload ? dumps5(p->dumps, p->cloud_dumps,
+    PyObject *body = payload ? pn__dumps5(p->dumps, p->cloud_dumps,
                                       p->kw_buffer_callback, payload, sink)
                              : NULL;
     Py_XDECREF(payload);
@@ -835,7 +586,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     /* A single pickle larger than the whole arena can never be sent. */
-    uint64_t need = msg_size(body, sink);
+    uint64_t need = pn__msg_size(body, sink);
     if (need + need / 4 + 65536 > p->arena.size) {
         Py_DECREF(body);
         Py_DECREF(sink);
@@ -877,7 +628,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     for (;;) {
         lock_mu(p);
-        int r = store_msg(&p->arena, p->shm.base, body, sink, &t->msg, t->inl,
+        int r = pn__store_msg(&p->arena, p->shm.base, body, sink, &t->msg, t->inl,
                           &t->inline_len);
         if (r == 1) {
             /* Full of free blocks of the wrong sizes with nothing in use:
@@ -886,7 +637,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
             if (p->arena.used == 0) {
                 pn_arena_init(&p->arena, p->shm.base, p->arena.off,
                               p->arena.size);
-                r = store_msg(&p->arena, p->shm.base, body, sink, &t->msg,
+                r = pn__store_msg(&p->arena, p->shm.base, body, sink, &t->msg,
                               t->inl, &t->inline_len);
             }
         }
@@ -908,6 +659,7 @@ pool_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     body = NULL;
     Py_CLEAR(sink);
     t->future = Py_NewRef(fut);
+    pn_future_set_driver(fut, &pool_driver, self);
     t->timeout_ns = timeout > 0 ? (int64_t)(timeout * 1e9) : p->task_timeout_ns;
     lock_mu(p);
     t->id = p->next_id++;
@@ -1009,13 +761,13 @@ complete_from_slot(pool *p, uint32_t k, pn_slot *s, task *t)
         }
         PyList_SET_ITEM(bufs, i, b);
     }
-    body = PyMemoryView_FromMemory((char *)msg_body(base, s),
+    body = PyMemoryView_FromMemory((char *)pn__msg_body(base, s),
                                    (Py_ssize_t)m->body_len, PyBUF_READ);
     if (body == NULL) {
         goto error;
     }
     if (s->status == PN_RES_ERROR) {
-        PyObject *text = PyUnicode_DecodeUTF8((char *)msg_body(base, s),
+        PyObject *text = PyUnicode_DecodeUTF8((char *)pn__msg_body(base, s),
                                               (Py_ssize_t)m->body_len,
                                               "replace");
         exc = text ? PyObject_CallOneArg(p->st->PistonError, text) : NULL;
@@ -1053,7 +805,7 @@ done:
         Py_DECREF(body);
     }
     Py_XDECREF(bufs);
-    free_msg(&p->shm, m);
+    pn__free_msg(&p->shm, m);
     /* Arguments the worker still holds (kept in a global, say) stay
      * allocated until that worker exits. */
     lock_mu(p);
@@ -1092,9 +844,33 @@ release_retained_locked(pool *p, worker *w)
     w->nretained = 0;
 }
 
-/* Collects every finished slot of worker k; returns how many. */
+/* Claims worker k's slots for collecting (GIL held): collecting may
+ * release the GIL (unpickling, callbacks), and a slot must be completed
+ * once.  0 when another thread holds them. */
 static int
-collect_worker(pool *p, uint32_t k)
+claim_worker(pool *p, worker *w)
+{
+    lock_mu(p);
+    int ok = !w->collecting;
+    w->collecting = 1;
+    unlock_mu(p);
+    return ok;
+}
+
+static void
+unclaim_worker(pool *p, worker *w)
+{
+    lock_mu(p);
+    w->collecting = 0;
+    unlock_mu(p);
+}
+
+/* Collects every finished slot of worker k, claimed by the caller;
+ * returns how many.  `plain_only` stops at a future whose completion
+ * would run Python code (a thread waiting in result() leaves those to the
+ * collector thread, where callbacks always ran). */
+static int
+collect_claimed(pool *p, uint32_t k, int plain_only)
 {
     worker *w = &p->w[k];
     pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
@@ -1116,7 +892,7 @@ collect_worker(pool *p, uint32_t k)
             unlock_mu(p);
             if (t != NULL && t->worker == (int)k && t->index == idx) {
                 /* Cancelled (not moved): drop it. */
-                free_msg(&p->shm, &t->msg);
+                pn__free_msg(&p->shm, &t->msg);
                 PyObject *f = t->future;
                 t->future = NULL;
                 lock_mu(p);
@@ -1129,7 +905,8 @@ collect_worker(pool *p, uint32_t k)
             continue;
         }
         unlock_mu(p);
-        if (state != PN_SLOT_DONE) {
+        if (state != PN_SLOT_DONE
+            || (plain_only && pn_future_observed(t->future))) {
             break;
         }
         complete_from_slot(p, k, s, t);
@@ -1142,16 +919,35 @@ collect_worker(pool *p, uint32_t k)
     return n;
 }
 
+/* Collects worker k's finished slots unless another thread is at it. */
+static int
+collect_worker(pool *p, uint32_t k, int plain_only)
+{
+    worker *w = &p->w[k];
+    if (!claim_worker(p, w)) {
+        return 0;
+    }
+    int n = collect_claimed(p, k, plain_only);
+    unclaim_worker(p, w);
+    return n;
+}
+
 /* -------------------------------------------------------- dead workers */
 
+/* A dead worker's tasks and replacement.  Returns without doing anything
+ * while another thread collects the worker's slots (the collector comes
+ * back: the worker still shows as exited). */
 static void
 handle_exit(pool *p, uint32_t k, int wstatus)
 {
     worker *w = &p->w[k];
     pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
     char why[96];
+    if (!claim_worker(p, w)) {
+        return;
+    }
     pn_wstatus_text(wstatus, why, sizeof(why));
-    collect_worker(p, k);
+    collect_claimed(p, k, 0);
     int startfail = !w->was_ready;
     uint32_t wstate = atomic_load_explicit(&ctl->state, memory_order_acquire);
     (void)wstate;
@@ -1182,7 +978,7 @@ handle_exit(pool *p, uint32_t k, int wstatus)
         unlock_mu(p);
         /* The task it was running (or everything, when the pool is being
          * torn down): its blocks die with the worker. */
-        free_msg(&p->shm, &t->msg);
+        pn__free_msg(&p->shm, &t->msg);
         if (state == PN_SLOT_DONE) {
             complete_from_slot(p, k, s, t);
         }
@@ -1212,6 +1008,16 @@ handle_exit(pool *p, uint32_t k, int wstatus)
                           ? "" : "; the pool started a replacement");
         }
     }
+    if (w->direct && w->pidfd >= 0) {
+        /* Our own child, not reaped yet when it reported a failed
+         * initializer: make sure it is gone and reap it (no zombie). */
+        int ws;
+        if (pn_pidfd_reap(w->pidfd, &ws) == 0) {
+            pn_pidfd_kill(w->pidfd, SIGKILL);
+            pn_pidfd_wait(w->pidfd, 5000);
+            pn_pidfd_reap(w->pidfd, &ws);
+        }
+    }
     lock_mu(p);
     release_retained_locked(p, w);
     if (w->pidfd >= 0) {
@@ -1220,6 +1026,7 @@ handle_exit(pool *p, uint32_t k, int wstatus)
     }
     w->state = W_FREE;
     w->produced = w->collected = 0;
+    w->collecting = 0;
     atomic_store_explicit(&ctl->state, PN_W_FREE, memory_order_relaxed);
     int restart = !p->shutting_down && !p->broken;
     if (startfail && wstate != PN_W_INITFAIL && w->kill_reason == KILL_NONE) {
@@ -1286,7 +1093,7 @@ break_pool(pool *p, PyObject *reason)
     while (list) {
         task *t = list;
         list = t->next;
-        free_msg(&p->shm, &t->msg);
+        pn__free_msg(&p->shm, &t->msg);
         fail_task(p, t, p->st->BrokenProcessPool, "%S", reason);
     }
 }
@@ -1418,11 +1225,21 @@ collector_round(pool *p)
             p->nstartfail = 0;
             unlock_mu(p);
         }
-        collect_worker(p, k);
+        collect_worker(p, k, 0);
         int dead = cs == PN_W_EXITED || cs == PN_W_INITFAIL;
         int wstatus = atomic_load_explicit(&ctl->wstatus,
                                            memory_order_relaxed);
-        if (!dead && w->pidfd >= 0 && pn_pidfd_exited(w->pidfd) == 1) {
+        if (!dead && w->direct && w->pidfd >= 0) {
+            /* Our own child: nobody reports it, we reap it. */
+            int reaped = pn_pidfd_reap(w->pidfd, &wstatus);
+            if (reaped == -ECHILD) {
+                /* Reaped by someone else (os.wait()): status lost. */
+                reaped = pn_pidfd_exited(w->pidfd);
+                wstatus = SIGKILL;
+            }
+            dead = reaped == 1;
+        }
+        else if (!dead && w->pidfd >= 0 && pn_pidfd_exited(w->pidfd) == 1) {
             if (cs != PN_W_EXITED) {
                 /* No report from the fork server (it died): give it a
                  * moment, then assume the worker was killed. */
@@ -1478,6 +1295,113 @@ collector_round(pool *p)
         dispatch(p);
     }
 }
+
+/* ------------------------------------- result() collecting its own */
+
+/* One stand-in round (GIL held): collects the finished slots of started
+ * workers.  Returns how many, or -1 when something only the collector
+ * thread handles is there (a worker started, failed or died). */
+static int
+help_collect(pool *p)
+{
+    int n = 0;
+    for (uint32_t k = 0; k < p->nworkers; k++) {
+        worker *w = &p->w[k];
+        if (w->state == W_FREE) {
+            continue;
+        }
+        pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
+        uint32_t cs = atomic_load_explicit(&ctl->state, memory_order_acquire);
+        if (cs == PN_W_STARTING) {
+            continue;
+        }
+        if (cs != PN_W_READY || !w->was_ready) {
+            return -1;
+        }
+        n += collect_worker(p, k, 1);
+    }
+    if (n > 0) {
+        /* Collected slots are ring room: refill it from `pending` as the
+         * collector would (it sleeps while we poll), or workers run dry
+         * (100k submits then results: 136k -> 32k tasks/s without). */
+        dispatch(p);
+    }
+    return n;
+}
+
+/* pn_future_drive of the pool's futures: the thread in result() polls the
+ * shared region itself (GIL released) and, when a result is there, turns
+ * it into its future with the GIL it is about to take anyway.  So no
+ * futex wake-up and no GIL hand-off from the collector thread sit between
+ * a worker's answer and the caller; the collector sleeps meanwhile (the
+ * worker's lazy ring does not wake it) and gets rung when the waiter
+ * leaves work behind.  Polls for at most the learnt help budget. */
+static int
+pool_drive(PyObject *driver, PyObject *fut, int64_t deadline,
+           int64_t *spun_ns)
+{
+    pool *p = (pool *)driver;
+    pn_future *f = (pn_future *)fut;
+    if (pn_ncpus() < 2 || getpid() != p->owner_pid
+        || p->fork_gen != pn_fork_generation()) {
+        return 0;
+    }
+    pn_bell *bell = &pn_shm_hdr(&p->shm)->parent_bell;
+    ready_arg ra = {p};
+    int64_t started = pn_monotonic_ns();
+    int64_t ns = pn_spin_budget_get(&help_budget);
+    if (deadline != PN_FOREVER && deadline - started < ns) {
+        ns = deadline - started;
+    }
+    pn_spinner spin;
+    pn_spinner_init(&spin, ns);
+    int done = 0, err = 0;
+    pn_bell_poll_enter(bell);
+    for (;;) {
+        int ready = 0;
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            /* Pairs with the seq_cst store of a completion. */
+            if (atomic_load_explicit(&f->state, memory_order_acquire)
+                >= PN_FUT_CANCELLED) {
+                break;
+            }
+            if (any_done(&ra)) {
+                ready = 1;
+                break;
+            }
+        } while (pn_spinner_step(&spin));
+        Py_END_ALLOW_THREADS
+        done = atomic_load_explicit(&f->state, memory_order_acquire)
+               >= PN_FUT_CANCELLED;
+        if (done || !ready || help_collect(p) <= 0) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            err = 1;
+            break;
+        }
+    }
+    pn_bell_poll_leave(bell, any_done, &ra);
+    *spun_ns = pn_monotonic_ns() - started;
+    if (done) {
+        pn_spin_budget_learn(&help_budget, *spun_ns);
+    }
+    else if (err) {
+        pn_spin_budget_learn(&help_budget, INT64_MAX);
+    }
+    return err ? -1 : done;
+}
+
+/* The wait pool_drive gave up on took waited_ns in all. */
+static void
+pool_drive_learn(PyObject *driver, int64_t spun_ns, int64_t waited_ns)
+{
+    (void)driver;
+    pn_spin_budget_missed(&help_budget, spun_ns, waited_ns);
+}
+
+static const pn_future_driver pool_driver = {pool_drive, pool_drive_learn};
 
 static int
 all_workers_gone_locked(pool *p)
@@ -1553,7 +1477,8 @@ collector_main(void *arg)
         if (!events) {
             ready_arg ra = {p};
             int r = pn_bell_wait(&h->parent_bell, any_done, &ra, deadline,
-                                 p->outstanding ? SPIN_NS : 0);
+                                 p->outstanding ? &p->collect_budget
+                                                : NULL);
             if (atomic_load_explicit(&p->stop_thread, memory_order_acquire)) {
                 break;
             }
@@ -1587,461 +1512,6 @@ collector_main(void *arg)
         PyGILState_Release(g);
     }
     return NULL;
-}
-
-/* ============================================================ worker side */
-
-/* A worker's view of one parent arena block holding an argument buffer:
- * exported in place (no copy), freed for the parent's reuse when the last
- * view goes away. */
-typedef struct {
-    PyObject_HEAD
-    unsigned char *base;
-    uint64_t size;
-    uint64_t off, len;
-} arenabuf;
-
-static int
-arenabuf_getbuffer(PyObject *self, Py_buffer *view, int flags)
-{
-    arenabuf *b = (arenabuf *)self;
-    return PyBuffer_FillInfo(view, self, b->base + b->off, (Py_ssize_t)b->len,
-                             0, flags);
-}
-
-static void
-arenabuf_dealloc(PyObject *self)
-{
-    arenabuf *b = (arenabuf *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    pn_arena_free(b->base, b->size, b->off);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-static PyType_Slot arenabuf_slots[] = {
-    {Py_bf_getbuffer, arenabuf_getbuffer},
-    {Py_tp_dealloc, arenabuf_dealloc},
-    {0, NULL},
-};
-
-static PyType_Spec arenabuf_spec = {
-    .name = "piston._piston._ArenaBuffer",
-    .basicsize = sizeof(arenabuf),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = arenabuf_slots,
-};
-
-typedef struct {
-    pn_worker_ctl *ctl;
-    pn_shm *shm;
-    uint64_t index;
-} wready_arg;
-
-static int
-worker_ready(void *arg)
-{
-    wready_arg *a = arg;
-    pn_slot *s = pn_ctl_slot(a->shm, a->ctl, a->index);
-    unsigned st = pn_ring_state(s, a->index);
-    return st == PN_SLOT_QUEUED || st == PN_SLOT_STOLEN
-           || atomic_load_explicit(&a->ctl->stop, memory_order_acquire);
-}
-
-/* Runs one task whose request is in slot s; leaves the pickled outcome in
- * the slot.  Returns 0, or -1 for a failure that must end the worker
- * (KeyboardInterrupt/SystemExit raised by the task escape too). */
-static int
-run_task(pn_state *st, pn_shm *shm, pn_arena *wa, pn_slot *s,
-         PyObject *loads, PyObject *dumps, PyObject *cloud_dumps,
-         PyObject *format_exc, PyObject *kw_buffers, PyObject *kw_bufcb,
-         Py_ssize_t threshold)
-{
-    PyObject *obj = NULL, *result = NULL, *exc = NULL, *payload = NULL;
-    PyObject *body = NULL, *bufs = NULL, *out = NULL;
-    bufsink *sink = NULL;
-    unsigned status = PN_RES_OK;
-    pn_msg req = s->msg;
-
-    bufs = PyList_New(req.nbufs);
-    if (bufs == NULL) {
-        goto task_error;
-    }
-    for (uint32_t i = 0; i < req.nbufs; i++) {
-        arenabuf *b = PyObject_New(arenabuf, st->ProcArenaBufType);
-        if (b == NULL) {
-            goto task_error;
-        }
-        Py_INCREF(st->ProcArenaBufType);
-        b->base = shm->base;
-        b->size = shm->size;
-        b->off = req.buf_off[i];
-        b->len = req.buf_len[i];
-        if (b->len >= WORKER_POPULATE_MIN) {
-            populate(shm->base + b->off, b->len, MADV_POPULATE_READ);
-        }
-        PyObject *mv = PyMemoryView_FromObject((PyObject *)b);
-        Py_DECREF(b);
-        if (mv == NULL) {
-            goto task_error;
-        }
-        PyList_SET_ITEM(bufs, i, mv);
-    }
-    body = PyMemoryView_FromMemory((char *)msg_body(shm->base, s),
-                                   (Py_ssize_t)req.body_len, PyBUF_READ);
-    if (body == NULL) {
-        goto task_error;
-    }
-    {
-        PyObject *argv[2] = {body, bufs};
-        obj = PyObject_Vectorcall(loads, argv, 1, kw_buffers);
-    }
-    Py_CLEAR(bufs);
-    {
-        /* The view must not outlive the block; keep loads' error. */
-        PyObject *saved = obj == NULL ? pn_fetch_exception() : NULL;
-        PyObject *r = PyObject_CallMethod(body, "release", NULL);
-        Py_XDECREF(r);
-        PyErr_Clear();
-        if (saved != NULL) {
-            restore_exc(saved);
-        }
-    }
-    Py_CLEAR(body);
-    if (req.body_off) {
-        pn_arena_free(shm->base, shm->size, req.body_off);
-    }
-    if (obj == NULL) {
-        goto task_error;
-    }
-    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 3
-        || !PyTuple_Check(PyTuple_GET_ITEM(obj, 1))
-        || !PyDict_Check(PyTuple_GET_ITEM(obj, 2))) {
-        PyErr_SetString(PyExc_TypeError, "malformed task");
-        goto task_error;
-    }
-    /* The timeout counts from here: importing the function's module
-     * while unpickling (a fresh worker) is not the task's fault.  Read by
-     * the parent's timeout check. */
-    atomic_store_explicit(&s->start_ns, pn_monotonic_ns(),
-                          memory_order_relaxed);
-    result = PyObject_Call(PyTuple_GET_ITEM(obj, 0), PyTuple_GET_ITEM(obj, 1),
-                           PyTuple_GET_ITEM(obj, 2));
-    /* Drop the arguments before answering, so their arena blocks are
-     * free again by the time the parent sees the result. */
-    Py_CLEAR(obj);
-    if (result == NULL) {
-        goto task_error;
-    }
-    payload = Py_NewRef(result);
-    goto pickle;
-
-task_error:
-    if (PyErr_ExceptionMatches(PyExc_SystemExit)
-        || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
-        /* As in the stdlib pool, these end the worker; the parent reports
-         * the task's worker as crashed. */
-        Py_XDECREF(obj);
-        Py_XDECREF(bufs);
-        Py_XDECREF(body);
-        return -1;
-    }
-    Py_CLEAR(obj);
-    Py_CLEAR(bufs);
-    Py_CLEAR(body);
-    exc = pn_fetch_exception();
-    if (exc == NULL) {
-        PyErr_SetString(PyExc_SystemError,
-                        "task failed without an exception");
-        exc = pn_fetch_exception();
-        if (exc == NULL) {
-            goto fatal_text;
-        }
-    }
-    {
-        PyObject *tb = PyObject_CallOneArg(format_exc, exc);
-        if (tb == NULL) {
-            PyErr_Clear();
-            tb = PyUnicode_FromString("");
-        }
-        payload = tb ? PyTuple_Pack(2, exc, tb) : NULL;
-        Py_XDECREF(tb);
-    }
-    status = PN_RES_EXC;
-    if (payload == NULL) {
-        goto fatal_text;
-    }
-
-pickle:
-    sink = bufsink_new(st, threshold);
-    if (sink == NULL) {
-        goto fatal_text;
-    }
-    out = dumps5(dumps, cloud_dumps, kw_bufcb, payload, sink);
-    if (out == NULL) {
-        /* The result or exception does not pickle: say so, as text. */
-        PyObject *e = pn_fetch_exception();
-        PyObject *what = status == PN_RES_OK ? result : exc;
-        PyObject *text = PyUnicode_FromFormat(
-            "the task's %s could not be pickled to send it back: %R "
-            "(%s: %S)",
-            status == PN_RES_OK ? "result" : "exception", what,
-            e ? Py_TYPE(e)->tp_name : "?", e ? e : Py_None);
-        Py_XDECREF(e);
-        if (text == NULL) {
-            goto fatal_text;
-        }
-        out = PyUnicode_AsEncodedString(text, "utf-8", "replace");
-        Py_DECREF(text);
-        if (out == NULL) {
-            goto fatal_text;
-        }
-        bufsink_reset(sink);
-        status = PN_RES_ERROR;
-    }
-    {
-        /* A result that can never fit in this worker's arena fails now
-         * rather than waiting forever for space. */
-        uint64_t need = msg_size(out, sink);
-        if (need + need / 4 + 65536 > wa->size) {
-            char text[160];
-            int n = snprintf(text, sizeof(text),
-                             "the task's result pickles to %llu bytes, more "
-                             "than a worker's result arena (%llu bytes)",
-                             (unsigned long long)need,
-                             (unsigned long long)wa->size);
-            Py_SETREF(out, PyBytes_FromStringAndSize(text, n));
-            if (out == NULL) {
-                goto fatal_text;
-            }
-            bufsink_reset(sink);
-            status = PN_RES_ERROR;
-        }
-    }
-    for (;;) {
-        uint32_t inl = 0;
-        int r = store_msg(wa, shm->base, out, sink, &s->msg, s->data, &inl);
-        if (r == 0) {
-            break;
-        }
-        if (r < 0) {
-            goto fatal_text;
-        }
-        /* Our arena is full of results the parent has not copied out yet:
-         * wait for it. */
-        Py_BEGIN_ALLOW_THREADS
-        usleep(200);
-        Py_END_ALLOW_THREADS
-    }
-    s->status = status;
-    Py_XDECREF(out);
-    Py_XDECREF(sink);
-    Py_XDECREF(payload);
-    Py_XDECREF(result);
-    Py_XDECREF(exc);
-    return 0;
-
-fatal_text:
-    PyErr_Clear();
-    {
-        static const char msg[] = "piston worker: cannot encode the outcome";
-        memcpy(s->data, msg, sizeof(msg) - 1);
-        memset(&s->msg, 0, sizeof(s->msg));
-        s->msg.body_len = sizeof(msg) - 1;
-        s->status = PN_RES_ERROR;
-    }
-    Py_XDECREF(out);
-    Py_XDECREF(sink);
-    Py_XDECREF(payload);
-    Py_XDECREF(result);
-    Py_XDECREF(exc);
-    return 0;
-}
-
-PyDoc_STRVAR(worker_main_doc,
-"_procpool_worker_main(fd, slot, gen, max_tasks, dumps, loads, cloud_dumps,\n"
-"                      format_exc, threshold) -> int\n\n"
-"Runs a process pool worker on the shared region `fd` as worker `slot`\n"
-"until told to stop or max_tasks (0: unlimited) ran.  Returns how many\n"
-"tasks it ran.");
-
-static PyObject *
-procpool_worker_main(PyObject *m, PyObject *args)
-{
-    pn_state *st = PyModule_GetState(m);
-    int fd;
-    unsigned int k, gen;
-    unsigned long long max_tasks;
-    PyObject *dumps, *loads, *cloud_dumps, *format_exc;
-    Py_ssize_t threshold;
-    if (!PyArg_ParseTuple(args, "iIIKOOOOn:_procpool_worker_main", &fd, &k,
-                          &gen, &max_tasks, &dumps, &loads, &cloud_dumps,
-                          &format_exc, &threshold)) {
-        return NULL;
-    }
-    if (cloud_dumps == Py_None) {
-        cloud_dumps = NULL;
-    }
-    pn_shm shm;
-    int err = pn_shm_attach(&shm, fd);
-    if (err < 0) {
-        return pn_raise_errno(-err);
-    }
-    pn_shm_header *h = pn_shm_hdr(&shm);
-    if (k >= h->nworkers) {
-        pn_shm_detach(&shm, 0);
-        PyErr_SetString(PyExc_ValueError, "bad worker slot");
-        return NULL;
-    }
-    pn_worker_ctl *ctl = pn_shm_ctl(&shm, k);
-    pn_arena wa;
-    pn_arena_init(&wa, shm.base, h->warena_off + (uint64_t)k * h->warena_size,
-                  h->warena_size);
-    PyObject *kw_buffers = Py_BuildValue("(s)", "buffers");
-    PyObject *kw_bufcb = Py_BuildValue("(s)", "buffer_callback");
-    if (kw_buffers == NULL || kw_bufcb == NULL) {
-        Py_XDECREF(kw_buffers);
-        Py_XDECREF(kw_bufcb);
-        return NULL;
-    }
-    atomic_store_explicit(&ctl->pid, getpid(), memory_order_relaxed);
-    /* Pairs with the acquire loads of ctl->state in the collector. */
-    atomic_store_explicit(&ctl->state, PN_W_READY, memory_order_release);
-    pn_bell_ring(&h->parent_bell);
-
-    uint64_t index = 0, ran = 0;
-    int hot = 0;                /* just ran a task: spin before sleeping */
-    /* Spinning workers only help with a core to spare for each of them,
-     * the collector and the submitting thread; on 2 cores a third spinner
-     * doubled the latency (benchmarks/proc.py latency case). */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int64_t spin_w = ncpu > (long)h->nworkers + 2 ? SPIN_NS : 0;
-    PyObject *ret = NULL;
-    wready_arg wa_arg = {ctl, &shm, 0};
-    for (;;) {
-        pn_slot *s = pn_ctl_slot(&shm, ctl, index);
-        int r = pn_ring_take(ctl, s, index);
-        if (r == 2) {
-            index++;
-            continue;
-        }
-        if (r == 1) {
-            int64_t t0 = pn_monotonic_ns();
-            if (run_task(st, &shm, &wa, s, loads, dumps, cloud_dumps,
-                         format_exc, kw_buffers, kw_bufcb, threshold) < 0) {
-                goto done;
-            }
-            s->run_ns = pn_monotonic_ns() - t0;
-            hot = 1;
-            pn_ring_done(&shm, s, index);
-            index++;
-            ran++;
-            if (max_tasks && ran >= max_tasks) {
-                break;
-            }
-            continue;
-        }
-        if (atomic_load_explicit(&ctl->stop, memory_order_acquire)) {
-            break;
-        }
-        wa_arg.index = index;
-        int w;
-        Py_BEGIN_ALLOW_THREADS
-        w = pn_bell_wait(&ctl->bell, worker_ready, &wa_arg, PN_FOREVER,
-                         hot ? spin_w : 0);
-        hot = 0;
-        Py_END_ALLOW_THREADS
-        if (w == -EINTR && PyErr_CheckSignals() < 0) {
-            goto done;
-        }
-    }
-    ret = PyLong_FromUnsignedLongLong(ran);
-done:
-    Py_DECREF(kw_buffers);
-    Py_DECREF(kw_bufcb);
-    /* The mapping stays: argument views may outlive this call until the
-     * process exits. */
-    return ret;
-}
-
-PyDoc_STRVAR(report_doc,
-"_procpool_report(fd, slot, pid, wstatus, initfail_text=None)\n\n"
-"Fork server side: records that worker `slot` (process `pid`) exited with\n"
-"the raw wait status, or (wstatus=-1) that it started; wakes the parent.");
-
-static PyObject *
-procpool_report(PyObject *m, PyObject *args)
-{
-    int fd, pid, wstatus;
-    unsigned int k;
-    PyObject *text = Py_None;
-    (void)m;
-    if (!PyArg_ParseTuple(args, "iIii|O:_procpool_report", &fd, &k, &pid,
-                          &wstatus, &text)) {
-        return NULL;
-    }
-    pn_shm shm;
-    int err = pn_shm_attach(&shm, fd);
-    if (err < 0) {
-        return pn_raise_errno(-err);
-    }
-    pn_shm_header *h = pn_shm_hdr(&shm);
-    if (k >= h->nworkers) {
-        pn_shm_detach(&shm, 0);
-        PyErr_SetString(PyExc_ValueError, "bad worker slot");
-        return NULL;
-    }
-    pn_worker_ctl *ctl = pn_shm_ctl(&shm, k);
-    if (text != Py_None) {
-        /* The initializer failed: its traceback goes where slot 0's data
-         * would be (no task runs on this worker). */
-        Py_ssize_t n;
-        const char *u = PyUnicode_AsUTF8AndSize(text, &n);
-        if (u == NULL) {
-            pn_shm_detach(&shm, 0);
-            return NULL;
-        }
-        pn_slot *s0 = pn_ctl_slot(&shm, ctl, 0);
-        size_t len = (size_t)n < PN_SLOT_INLINE - 1 ? (size_t)n
-                                                    : PN_SLOT_INLINE - 1;
-        memcpy(s0->data, u, len);
-        s0->data[len] = 0;
-        atomic_store_explicit(&ctl->state, PN_W_INITFAIL,
-                              memory_order_release);
-    }
-    else if (wstatus == -1) {
-        atomic_store_explicit(&ctl->pid, pid, memory_order_release);
-    }
-    else {
-        atomic_store_explicit(&ctl->wstatus, wstatus, memory_order_relaxed);
-        /* Pairs with the acquire loads of ctl->state in the collector:
-         * EXITED comes with the status.  An INITFAIL stays (its text is
-         * the better report). */
-        uint32_t cur = atomic_load_explicit(&ctl->state,
-                                            memory_order_relaxed);
-        if (cur != PN_W_INITFAIL) {
-            atomic_store_explicit(&ctl->state, PN_W_EXITED,
-                                  memory_order_release);
-        }
-    }
-    pn_bell_ring(&h->parent_bell);
-    pn_shm_detach(&shm, 0);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-procpool_set_pdeathsig(PyObject *m, PyObject *args)
-{
-    int sig, ppid;
-    (void)m;
-    if (!PyArg_ParseTuple(args, "ii:_procpool_set_pdeathsig", &sig, &ppid)) {
-        return NULL;
-    }
-    int err = pn_set_pdeathsig(sig, ppid);
-    if (err < 0) {
-        return pn_raise_errno(-err);
-    }
-    Py_RETURN_NONE;
 }
 
 /* ============================================================ the type */
@@ -2130,6 +1600,7 @@ pool_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     p->st = pn_state_from_type(tp);
     p->shm.fd = -1;
     p->server_pidfd = -1;
+    p->collect_budget = (pn_spin_budget)PN_SPIN_BUDGET_INIT(COLLECT_SPIN_NS);
     pthread_mutex_init(&p->mu, NULL);
     if (p->st == NULL || pool_init_impl(p, args, kw) < 0) {
         Py_DECREF(p);
@@ -2264,7 +1735,7 @@ pool_shutdown(PyObject *self, PyObject *arg)
     while (list) {
         task *t = list;
         list = t->next;
-        free_msg(&p->shm, &t->msg);
+        pn__free_msg(&p->shm, &t->msg);
         if (!t->running_set) {
             if (pn_future_cancel(t->future) < 0) {
                 PyErr_WriteUnraisable(t->future);
@@ -2447,6 +1918,42 @@ pool_start_workers(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The worker in slot k is our own child `pid` (forked by the executor
+ * itself, not by the fork server). */
+static PyObject *
+pool_adopt(PyObject *self, PyObject *args)
+{
+    pool *p = (pool *)self;
+    unsigned int k;
+    int pid;
+    if (!PyArg_ParseTuple(args, "Ii:_adopt", &k, &pid)) {
+        return NULL;
+    }
+    if (k >= p->nworkers || pid <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bad worker slot or pid");
+        return NULL;
+    }
+    int fd = pn_pidfd_open(pid);
+    if (fd < 0) {
+        return pn_raise_errno(-fd);
+    }
+    lock_mu(p);
+    worker *w = &p->w[k];
+    if (w->state != W_STARTING || w->pidfd >= 0) {
+        unlock_mu(p);
+        close(fd);
+        PyErr_SetString(PyExc_RuntimeError, "worker slot is not starting");
+        return NULL;
+    }
+    w->direct = 1;
+    w->pid = pid;
+    w->pidfd = fd;
+    atomic_store_explicit(&pn_shm_ctl(&p->shm, k)->pid, pid,
+                          memory_order_release);
+    unlock_mu(p);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 pool_set_spawner(PyObject *self, PyObject *cb)
 {
@@ -2457,6 +1964,8 @@ pool_set_spawner(PyObject *self, PyObject *cb)
 
 static PyMethodDef pool_methods[] = {
     {"_set_spawner", pool_set_spawner, METH_O, "spawner(slot, gen)"},
+    {"_adopt", pool_adopt, METH_VARARGS,
+     "_adopt(slot, pid): slot's worker is our own child"},
     {"start_workers", pool_start_workers, METH_O,
      "start_workers(n): ask for n more workers now"},
     {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL
@@ -2495,29 +2004,17 @@ static PyType_Spec pool_spec = {
     .slots = pool_slots,
 };
 
-static PyMethodDef procpool_functions[] = {
-    {"_procpool_worker_main", procpool_worker_main, METH_VARARGS,
-     worker_main_doc},
-    {"_procpool_report", procpool_report, METH_VARARGS, report_doc},
-    {"_procpool_set_pdeathsig", procpool_set_pdeathsig, METH_VARARGS,
-     "_procpool_set_pdeathsig(sig, expected_parent_pid)"},
-    {NULL, NULL, 0, NULL},
-};
 
 int
 pn_procpool_exec(PyObject *m, pn_state *st)
 {
     st->ProcessPoolCoreType =
         (PyTypeObject *)PyType_FromModuleAndSpec(m, &pool_spec, NULL);
-    st->ProcBufSinkType =
-        (PyTypeObject *)PyType_FromModuleAndSpec(m, &bufsink_spec, NULL);
-    st->ProcArenaBufType =
-        (PyTypeObject *)PyType_FromModuleAndSpec(m, &arenabuf_spec, NULL);
-    if (st->ProcessPoolCoreType == NULL || st->ProcBufSinkType == NULL
-        || st->ProcArenaBufType == NULL
+    if (st->ProcessPoolCoreType == NULL
         || PyModule_AddObjectRef(m, "ProcessPoolCore",
-                                 (PyObject *)st->ProcessPoolCoreType) < 0) {
+                                 (PyObject *)st->ProcessPoolCoreType) < 0
+        || pn__procpool_msg_exec(m, st) < 0) {
         return -1;
     }
-    return PyModule_AddFunctions(m, procpool_functions);
+    return pn__procpool_worker_exec(m, st);
 }

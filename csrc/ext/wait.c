@@ -52,8 +52,8 @@ pn_parse_timeout(PyObject *timeout, int64_t *deadline_ns)
     return 0;
 }
 
-static int
-ncpus(void)
+int
+pn_ncpus(void)
 {
     /* A plain int, computed once; a benign race if two threads do it. */
     static int n;
@@ -79,7 +79,7 @@ pn_wait_word(_Atomic uint32_t *word, uint32_t seen,
             atomic_fetch_add_explicit(spinners, 1, memory_order_release);
         }
         int64_t started = pn_monotonic_ns();
-        if (ncpus() > 1) {
+        if (pn_ncpus() > 1) {
             pn_spinner spin;
             int64_t ns = pn_spin_budget_get(budget);
             if (deadline_ns != PN_FOREVER) {

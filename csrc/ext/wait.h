@@ -18,6 +18,9 @@ PyObject *pn_fetch_exception(void);
  * (a non-blocking check).  0 or -1 (TypeError/ValueError set). */
 int pn_parse_timeout(PyObject *timeout, int64_t *deadline_ns);
 
+/* Online CPUs (computed once): spinning only pays with more than one. */
+int pn_ncpus(void);
+
 /* Sleeps with the GIL released until *word != seen, the deadline passes or
  * a signal arrives; *sleepers counts this thread while it sleeps and
  * *spinners (if not NULL) while it waits at all.  It spins for what

@@ -85,6 +85,24 @@ def _worker(fd, slot, gen, init, max_tasks, threshold):
     return 0
 
 
+def _worker_child(fd, slot, gen, init, max_tasks, threshold, parent):
+    """In a freshly forked worker: Ctrl-C is the parent's business, signal
+    wake-ups are not ours, and the worker dies with `parent`.  Never
+    returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _piston._procpool_set_pdeathsig(signal.SIGKILL, parent)
+        code = _worker(fd, slot, gen, init, max_tasks, threshold)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush_std()
+        os._exit(code)
+
+
 def _flush_std():
     for f in (sys.stdout, sys.stderr):
         try:
@@ -150,24 +168,20 @@ def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
+                if line == b"quit":
+                    # Said outright: processes forked from the parent
+                    # later (a stdlib pool's workers) hold the pipe's
+                    # write end too, so its EOF may never come.
+                    closing = True
+                    continue
                 slot, gen = map(int, line.split())
                 _flush_std()
                 pid = os.fork()
                 if pid == 0:
-                    code = 1
-                    try:
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        for f in (cmd_r, death_r, sig_r, sig_w):
-                            os.close(f)
-                        _piston._procpool_set_pdeathsig(signal.SIGKILL, me)
-                        code = _worker(fd, slot, gen, init, max_tasks,
-                                       threshold)
-                    except BaseException:
-                        traceback.print_exc()
-                    finally:
-                        _flush_std()
-                        os._exit(code)
+                    for f in (cmd_r, death_r, sig_r, sig_w):
+                        os.close(f)
+                    _worker_child(fd, slot, gen, init, max_tasks, threshold,
+                                  me)
                 children[pid] = slot
                 _piston._procpool_report(fd, slot, pid, -1)
 
@@ -197,6 +211,26 @@ def _threads_in_process():
         return threading.active_count()
 
 
+def _single_threaded(grace=0.005):
+    """True if this process has one thread (forking it is then safe).  A
+    thread whose Python part has ended (stdlib pools join theirs at
+    shutdown) can still be tearing down in the kernel for a fraction of a
+    millisecond: when no other Python thread is left, such threads get
+    `grace` seconds to go.  Threads that stay (a BLAS pool) cost that wait,
+    then a fresh interpreter, as any other thread would."""
+    if _threads_in_process() == 1:
+        return True
+    if threading.active_count() != 1:
+        return False
+    # Polled, not slept: a short sleep can take milliseconds on a busy
+    # machine, longer than the thread takes to go.
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if _threads_in_process() == 1:
+            return True
+    return False
+
+
 class _Server:
     """The parent's handle on its fork server."""
 
@@ -208,7 +242,7 @@ class _Server:
         if method is None:
             # A fork of a single-threaded parent is safe and fastest; with
             # threads around, a fresh interpreter is the safe choice.
-            method = "fork" if _threads_in_process() == 1 else "spawn"
+            method = "fork" if _single_threaded() else "spawn"
         self.method = method
         try:
             if method == "fork":
@@ -258,6 +292,10 @@ class _Server:
     def close(self):
         """After the collector finished: the server exits once idle."""
         if self.cmd_w >= 0:
+            try:
+                os.write(self.cmd_w, b"quit\n")
+            except OSError:
+                pass                # the server is gone already
             os.close(self.cmd_w)
             self.cmd_w = -1
         if self.proc is not None:
@@ -271,6 +309,26 @@ class _Server:
         if self.death_w >= 0:
             os.close(self.death_w)
             self.death_w = -1
+
+
+class _DirectSpawner:
+    """Forks a worker straight from this (single-threaded) process: the
+    first worker of a forking pool, so the first result does not wait for
+    the fork server to start and fork in turn.  The core reaps it."""
+
+    __slots__ = ("core", "args")
+
+    def __init__(self, core, init, max_tasks, threshold):
+        self.core = core
+        self.args = (init, max_tasks, threshold)
+
+    def __call__(self, slot, gen):
+        _flush_std()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _worker_child(self.core.fd, slot, gen, *self.args, parent)
+        self.core._adopt(slot, pid)
 
 
 class _Spawner:
@@ -419,13 +477,26 @@ class ProcessPoolExecutor(_cf.Executor):
             max_tasks_per_child=max_tasks_per_child or 0,
             task_timeout=task_timeout or 0.0,
             cancel_running=bool(cancel_running))
+        # One worker right away: the first submit finds it (nearly) up;
+        # the rest start on demand, as the stdlib's do.  A process that
+        # may fork (the fork server would be forked from it too) forks
+        # that first worker itself, before the fork server: the first
+        # result then waits for one fork, not two in a row.
+        if method is None:
+            method = "fork" if _single_threaded() else "spawn"
+        direct = (method == "fork" and _threads_in_process() == 1
+                  and threading.current_thread() is threading.main_thread())
+        if direct:
+            core._set_spawner(_DirectSpawner(core, init,
+                                             max_tasks_per_child,
+                                             _OOB_THRESHOLD))
+            core.start_workers(1)
         server = _Server(core.fd, method, init, max_tasks_per_child,
                          _OOB_THRESHOLD)
         core._set_spawner(_Spawner(server))
         core.start(server.pid)
-        # One worker right away: the first submit finds it (nearly) up;
-        # the rest start on demand, as the stdlib's do.
-        core.start_workers(1)
+        if not direct:
+            core.start_workers(1)
         self._core = core
         self._server = server
         self._key = id(core)

@@ -104,11 +104,48 @@ test_wstatus_text(void)
     PN_CHECK(strcmp(pn_wstatus_text(0, buf, sizeof(buf)), "exit code 0") == 0);
 }
 
+/* Our own child is reaped through its pidfd, with the raw wait status
+ * waitpid() would give; once reaped it is gone (-ECHILD). */
+static void
+test_reap_own_child(void)
+{
+    int ws = -1;
+    pid_t pid = fork();
+    PN_CHECK(pid >= 0);
+    if (pid == 0) {
+        usleep(200000);
+        _exit(3);
+    }
+    int fd = pn_pidfd_open(pid);
+    PN_CHECK(fd >= 0);
+    PN_CHECK(pn_pidfd_reap(fd, &ws) == 0);     /* still running */
+    PN_CHECK(pn_pidfd_wait(fd, 10000) == 1);
+    PN_CHECK(pn_pidfd_reap(fd, &ws) == 1);
+    PN_CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 3);
+    PN_CHECK(pn_pidfd_reap(fd, &ws) == -ECHILD);
+    close(fd);
+
+    pid = fork();
+    PN_CHECK(pid >= 0);
+    if (pid == 0) {
+        pause();
+        _exit(0);
+    }
+    fd = pn_pidfd_open(pid);
+    PN_CHECK(fd >= 0);
+    PN_CHECK(pn_pidfd_kill(fd, SIGKILL) == 0);
+    PN_CHECK(pn_pidfd_wait(fd, 10000) == 1);
+    PN_CHECK(pn_pidfd_reap(fd, &ws) == 1);
+    PN_CHECK(WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL);
+    close(fd);
+}
+
 static const pn_test_case cases[] = {
     PN_CASE(exit_code),
     PN_CASE(kill_via_pidfd),
     PN_CASE(grandchild_pdeathsig),
     PN_CASE(wstatus_text),
+    PN_CASE(reap_own_child),
     {NULL, NULL},
 };
 

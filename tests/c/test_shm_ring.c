@@ -8,6 +8,7 @@
 #include "pn_test.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -78,6 +79,11 @@ typedef struct {
     uint64_t index;
 } take_t;
 
+/* A learnt spin budget starting (and capped) at ns, or none for 0. */
+#define BUDGET(name, ns) \
+    pn_spin_budget name##_b = PN_SPIN_BUDGET_INIT(ns); \
+    pn_spin_budget *name = (ns) > 0 ? &name##_b : NULL
+
 static int
 slot_queued(void *arg)
 {
@@ -94,6 +100,7 @@ worker(pn_shm *shm, uint32_t k, int spin)
 {
     pn_worker_ctl *ctl = pn_shm_ctl(shm, k);
     take_t t = {shm, ctl, 0};
+    BUDGET(budget, spin);
     for (;;) {
         pn_slot *s = pn_ctl_slot(shm, ctl, t.index);
         int r = pn_ring_take(ctl, s, t.index);
@@ -114,7 +121,8 @@ worker(pn_shm *shm, uint32_t k, int spin)
         if (atomic_load_explicit(&ctl->stop, memory_order_acquire)) {
             _exit(0);
         }
-        int w = pn_bell_wait(&ctl->bell, slot_queued, &t, PN_FOREVER, spin);
+        int w = pn_bell_wait(&ctl->bell, slot_queued, &t, PN_FOREVER,
+                             budget);
         PN_CHECK(w >= 0 || w == -EINTR);
     }
 }
@@ -125,6 +133,7 @@ ping_pong(int spin, int rounds)
     pn_shm shm;
     PN_CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    BUDGET(budget, spin);
     pid_t pid = pn_test_fork();
     if (pid == 0) {
         worker(&shm, 0, spin);
@@ -139,7 +148,7 @@ ping_pong(int spin, int rounds)
         int r;
         do {
             r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                             PN_FOREVER, spin);
+                             PN_FOREVER, budget);
         } while (r == 0 || r == -EINTR);
         PN_CHECK(r == 1);
         uint64_t v;
@@ -181,6 +190,7 @@ test_steal_race(void)
         worker(&shm, 0, 5000);
     }
     uint64_t produced = 0, collected = 0, stolen = 0, done = 0;
+    BUDGET(budget, 5000);
     const uint64_t total = 200000;
     while (collected < total) {
         while (produced < total && produced - collected < cap) {
@@ -211,7 +221,7 @@ test_steal_race(void)
         else {
             want_t w = {s, collected};
             pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         pn_monotonic_ns() + 1000000, 5000);
+                         pn_monotonic_ns() + 1000000, budget);
         }
     }
     PN_CHECK(done + stolen == total);
@@ -234,9 +244,10 @@ test_deadline_and_reset(void)
     pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
     pn_slot *s0 = pn_ctl_slot(&shm, ctl, 0);
     want_t w = {s0, 0};
+    BUDGET(budget, 10);
     int64_t t0 = pn_monotonic_ns();
     int r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         t0 + 20000000, 10);
+                         t0 + 20000000, budget);
     PN_CHECK(r == -ETIMEDOUT);
     PN_CHECK(pn_monotonic_ns() - t0 >= 19000000);
 
@@ -261,10 +272,185 @@ test_deadline_and_reset(void)
     pn_ring_publish(ctl, s0, 0);
     do {
         r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
-                         PN_FOREVER, 0);
+                         PN_FOREVER, NULL);
     } while (r == 0 || r == -EINTR);
     memcpy(&v, s0->data, sizeof(v));
     PN_CHECK(v == 42);
+    atomic_store_explicit(&ctl->stop, 1, memory_order_release);
+    pn_bell_ring(&ctl->bell);
+    PN_CHECK(pn_test_wait(pid) == 0);
+    pn_shm_detach(&shm, 1);
+}
+
+/* A worker whose spin is spent goes to sleep on its bell and is still
+ * woken by a task published after it fell asleep; a spin spent in vain
+ * halves the learnt budget. */
+static void
+test_spin_then_sleep_is_woken(void)
+{
+    pn_shm shm;
+    PN_CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
+    pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    pid_t pid = pn_test_fork();
+    if (pid == 0) {
+        worker(&shm, 0, 200000);    /* spins 200 us before each sleep */
+    }
+    for (uint64_t i = 0; i < 50; i++) {
+        /* Wait until the worker sleeps: its spin is over. */
+        int64_t until = pn_monotonic_ns() + 5 * INT64_C(1000000000);
+        while (atomic_load_explicit(&ctl->bell.sleepers,
+                                    memory_order_acquire) == 0) {
+            PN_CHECK(pn_monotonic_ns() < until);
+            usleep(50);
+        }
+        pn_slot *s = pn_ctl_slot(&shm, ctl, i);
+        memcpy(s->data, &i, sizeof(i));
+        pn_ring_publish(ctl, s, i);
+        want_t w = {s, i};
+        int r;
+        do {
+            r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &w,
+                             pn_monotonic_ns() + 5 * INT64_C(1000000000),
+                             NULL);
+        } while (r == 0 || r == -EINTR);
+        PN_CHECK(r == 1);
+        uint64_t v;
+        memcpy(&v, s->data, sizeof(v));
+        PN_CHECK(v == 2 * i);
+    }
+    atomic_store_explicit(&ctl->stop, 1, memory_order_release);
+    pn_bell_ring(&ctl->bell);
+    PN_CHECK(pn_test_wait(pid) == 0);
+
+    /* Nothing comes: the spin is spent and the budget halves. */
+    BUDGET(budget, 1000000);
+    want_t none = {pn_ctl_slot(&shm, ctl, 99), 99};
+    int r = pn_bell_wait(&pn_shm_hdr(&shm)->parent_bell, slot_done, &none,
+                         pn_monotonic_ns() + 3000000, budget);
+    PN_CHECK(r == -ETIMEDOUT);
+    PN_CHECK(pn_spin_budget_get(budget) == 500000);
+    pn_shm_detach(&shm, 1);
+}
+
+/* Idle spinners are capped; the cap frees up again. */
+static void
+test_worker_spin_cap(void)
+{
+    pn_shm shm;
+    PN_CHECK(pn_shm_create(&shm, 2, 4, 1 << 16, 1 << 16) == 0);
+    pn_shm_header *h = pn_shm_hdr(&shm);
+    PN_CHECK(pn_worker_spin_enter(h, 0) == 0);
+    PN_CHECK(pn_worker_spin_enter(h, 1) == 1);
+    PN_CHECK(pn_worker_spin_enter(h, 1) == 0);
+    PN_CHECK(pn_worker_spin_enter(h, 2) == 1);
+    pn_worker_spin_leave(h);
+    pn_worker_spin_leave(h);
+    PN_CHECK(pn_worker_spin_enter(h, 1) == 1);
+    pn_worker_spin_leave(h);
+    PN_CHECK(atomic_load(&h->idle_spinners) == 0);
+    pn_shm_detach(&shm, 1);
+}
+
+/* A stand-in polls for results while the owner sleeps on the parent bell:
+ * the worker's lazy rings wake nobody, and every result the stand-in
+ * leaves behind still reaches the owner (no lost wake-up), over many
+ * racing rounds. */
+typedef struct {
+    pn_shm *shm;
+    pn_worker_ctl *ctl;
+    _Atomic uint64_t next;      /* index the owner waits for */
+    _Atomic uint64_t owned;     /* results the owner collected */
+    _Atomic uint32_t quit;
+    int timed_out;
+} owner_t;
+
+static int
+owner_ready(void *arg)
+{
+    owner_t *o = arg;
+    uint64_t i = atomic_load_explicit(&o->next, memory_order_acquire);
+    return atomic_load_explicit(&o->quit, memory_order_acquire)
+           || pn_ring_state(pn_ctl_slot(o->shm, o->ctl, i), i)
+                  == PN_SLOT_DONE;
+}
+
+static void *
+owner_main(void *arg)
+{
+    owner_t *o = arg;
+    pn_bell *bell = &pn_shm_hdr(o->shm)->parent_bell;
+    while (!atomic_load_explicit(&o->quit, memory_order_acquire)) {
+        /* A lost wake-up leaves the owner asleep with work there: the
+         * deadline catches it. */
+        int r = pn_bell_wait(bell, owner_ready, o,
+                             pn_monotonic_ns() + 5 * INT64_C(1000000000),
+                             NULL);
+        if (r == -ETIMEDOUT && owner_ready(o)) {
+            o->timed_out = 1;
+        }
+        /* Whoever moves `next` on (owner or stand-in) took the result. */
+        uint64_t i = atomic_load_explicit(&o->next, memory_order_acquire);
+        if (pn_ring_state(pn_ctl_slot(o->shm, o->ctl, i), i) == PN_SLOT_DONE
+            && atomic_compare_exchange_strong(&o->next, &i, i + 1)) {
+            atomic_fetch_add(&o->owned, 1);
+        }
+    }
+    return NULL;
+}
+
+static void
+test_stand_in_no_lost_wakeup(void)
+{
+    pn_shm shm;
+    PN_CHECK(pn_shm_create(&shm, 1, 4, 1 << 16, 1 << 16) == 0);
+    pn_worker_ctl *ctl = pn_shm_ctl(&shm, 0);
+    pn_bell *bell = &pn_shm_hdr(&shm)->parent_bell;
+    pid_t pid = pn_test_fork();
+    if (pid == 0) {
+        worker(&shm, 0, 20000);
+    }
+    owner_t o = {&shm, ctl, 0, 0, 0, 0};
+    pthread_t th;
+    PN_CHECK(pthread_create(&th, NULL, owner_main, &o) == 0);
+    const uint64_t rounds = 20000;
+    uint64_t by_stand_in = 0;
+    unsigned seed = 1;
+    for (uint64_t i = 0; i < rounds; i++) {
+        pn_slot *s = pn_ctl_slot(&shm, ctl, i);
+        memcpy(s->data, &i, sizeof(i));
+        pn_bell_poll_enter(bell);
+        pn_ring_publish(ctl, s, i);
+        /* Poll a random while: sometimes the stand-in takes the result
+         * itself, sometimes it leaves before the worker answers. */
+        seed = seed * 1103515245 + 12345;
+        unsigned spins = (seed >> 16) % 4000;
+        int took = 0;
+        for (unsigned n = 0; n < spins; n++) {
+            uint64_t e = i;
+            if (pn_ring_state(s, i) == PN_SLOT_DONE
+                && atomic_compare_exchange_strong(&o.next, &e, i + 1)) {
+                took = 1;
+                break;
+            }
+            pn_cpu_relax();
+        }
+        by_stand_in += (uint64_t)took;
+        pn_bell_poll_leave(bell, owner_ready, &o);
+        /* The owner collects whatever the stand-in left. */
+        int64_t until = pn_monotonic_ns() + 10 * INT64_C(1000000000);
+        while (atomic_load_explicit(&o.next, memory_order_acquire) <= i) {
+            PN_CHECK(pn_monotonic_ns() < until);
+            PN_CHECK(!o.timed_out);
+            pn_cpu_relax();
+        }
+    }
+    atomic_store_explicit(&o.quit, 1, memory_order_release);
+    pn_bell_ring(bell);
+    PN_CHECK(pthread_join(th, NULL) == 0);
+    PN_CHECK(!o.timed_out);
+    PN_CHECK(by_stand_in + atomic_load(&o.owned) == rounds);
+    fprintf(stderr, "stand-in took %llu of %llu\n",
+            (unsigned long long)by_stand_in, (unsigned long long)rounds);
     atomic_store_explicit(&ctl->stop, 1, memory_order_release);
     pn_bell_ring(&ctl->bell);
     PN_CHECK(pn_test_wait(pid) == 0);
@@ -277,6 +463,9 @@ static const pn_test_case cases[] = {
     PN_CASE(ping_pong_spinning),
     PN_CASE(steal_race),
     PN_CASE(deadline_and_reset),
+    PN_CASE(spin_then_sleep_is_woken),
+    PN_CASE(worker_spin_cap),
+    PN_CASE(stand_in_no_lost_wakeup),
     {NULL, NULL},
 };
 

@@ -54,7 +54,26 @@ PN_TEST(tiny_budget_ends_quickly)
     }
 }
 
+PN_TEST(missed_spin_learns_or_shrinks)
+{
+    pn_spin_budget b = PN_SPIN_BUDGET_INIT(100000);
+    for (int i = 0; i < 20; i++) {
+        pn_spin_budget_learn(&b, INT64_MAX);
+    }
+    PN_CHECK_EQ(pn_spin_budget_get(&b), PN_SPIN_FLOOR_NS);
+    /* The answer came long after a floor spin: the budget recovers. */
+    pn_spin_budget_missed(&b, PN_SPIN_FLOOR_NS, 5000);
+    PN_CHECK_EQ(pn_spin_budget_get(&b), 10000);
+    /* Right after the spin gave up: it may have kept the core; shrink. */
+    pn_spin_budget_missed(&b, 10000, 12000);
+    PN_CHECK_EQ(pn_spin_budget_get(&b), 5000);
+    /* Longer than the most it may spin: shrink too. */
+    pn_spin_budget_missed(&b, 5000, 1000000);
+    PN_CHECK_EQ(pn_spin_budget_get(&b), 2500);
+}
+
 static const pn_test_case cases[] = {
+    PN_CASE(missed_spin_learns_or_shrinks),
     PN_CASE(no_budget_stops_at_once),
     PN_CASE(budget_is_spent_then_stops),
     PN_CASE(forever_keeps_going_past_pause_steps),
