@@ -79,19 +79,7 @@ pn_handle_new(pn_state *st, PyTypeObject *tp, PyObject *loop,
 static int
 handle_traverse(pn_handle *h, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(h));
-    Py_VISIT(h->callback);
-    Py_VISIT(h->args);
-    if (h->nargs <= PN_HANDLE_INLINE_ARGS) {
-        for (Py_ssize_t i = 0; i < h->nargs; i++) {
-            Py_VISIT(h->argv[i]);
-        }
-    }
-    Py_VISIT(h->context);
-    Py_VISIT(h->loop);
-    Py_VISIT(h->source_traceback);
-    Py_VISIT(h->repr);
-    return 0;
+    return pn_handle_visit_fields(h, visit, arg);
 }
 
 /* Drops the callback's arguments, inline and any tuple. */

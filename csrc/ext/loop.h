@@ -134,6 +134,25 @@ pn_handle_release(pn_handle *h)
     Py_DECREF(h);
 }
 
+/* Visits everything a handle refers to (its tp_traverse). */
+static inline int
+pn_handle_visit_fields(pn_handle *h, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)Py_TYPE(h));
+    Py_VISIT(h->callback);
+    Py_VISIT(h->args);
+    if (h->nargs <= PN_HANDLE_INLINE_ARGS) {
+        for (Py_ssize_t i = 0; i < h->nargs; i++) {
+            Py_VISIT(h->argv[i]);
+        }
+    }
+    Py_VISIT(h->context);
+    Py_VISIT(h->loop);
+    Py_VISIT(h->source_traceback);
+    Py_VISIT(h->repr);
+    return 0;
+}
+
 /* For the loop's traverse: a queued handle, or what an untracked one that
  * only the queue owns refers to. */
 static inline int
@@ -143,18 +162,7 @@ pn_handle_visit_queued(pn_handle *h, visitproc visit, void *arg)
         Py_VISIT((PyObject *)h);
     }
     else if (Py_REFCNT(h) == 1) {
-        Py_VISIT((PyObject *)Py_TYPE(h));
-        Py_VISIT(h->callback);
-        Py_VISIT(h->args);
-        if (h->nargs <= PN_HANDLE_INLINE_ARGS) {
-            for (Py_ssize_t i = 0; i < h->nargs; i++) {
-                Py_VISIT(h->argv[i]);
-            }
-        }
-        Py_VISIT(h->context);
-        Py_VISIT(h->loop);
-        Py_VISIT(h->source_traceback);
-        Py_VISIT(h->repr);
+        return pn_handle_visit_fields(h, visit, arg);
     }
     return 0;
 }
