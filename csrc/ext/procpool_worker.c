@@ -301,6 +301,24 @@ fatal_text:
     return 0;
 }
 
+/* Maps the pool's shared region `fd` into this process and returns worker
+ * slot k's control block; NULL with an exception (nothing stays mapped). */
+static pn_worker_ctl *
+attach_slot(pn_shm *shm, int fd, unsigned int k)
+{
+    int err = pn_shm_attach(shm, fd);
+    if (err < 0) {
+        pn_raise_errno(-err);
+        return NULL;
+    }
+    if (k >= pn_shm_hdr(shm)->nworkers) {
+        pn_shm_detach(shm, 0);
+        PyErr_SetString(PyExc_ValueError, "bad worker slot");
+        return NULL;
+    }
+    return pn_shm_ctl(shm, k);
+}
+
 PyDoc_STRVAR(worker_main_doc,
 "_procpool_worker_main(fd, slot, gen, max_tasks, dumps, loads, cloud_dumps,\n"
 "                      format_exc, threshold) -> int\n\n"
@@ -326,17 +344,11 @@ procpool_worker_main(PyObject *m, PyObject *args)
         cloud_dumps = NULL;
     }
     pn_shm shm;
-    int err = pn_shm_attach(&shm, fd);
-    if (err < 0) {
-        return pn_raise_errno(-err);
-    }
-    pn_shm_header *h = pn_shm_hdr(&shm);
-    if (k >= h->nworkers) {
-        pn_shm_detach(&shm, 0);
-        PyErr_SetString(PyExc_ValueError, "bad worker slot");
+    pn_worker_ctl *ctl = attach_slot(&shm, fd, k);
+    if (ctl == NULL) {
         return NULL;
     }
-    pn_worker_ctl *ctl = pn_shm_ctl(&shm, k);
+    pn_shm_header *h = pn_shm_hdr(&shm);
     pn_arena wa;
     pn_arena_init(&wa, shm.base, h->warena_off + (uint64_t)k * h->warena_size,
                   h->warena_size);
@@ -452,17 +464,11 @@ procpool_report(PyObject *m, PyObject *args)
         return NULL;
     }
     pn_shm shm;
-    int err = pn_shm_attach(&shm, fd);
-    if (err < 0) {
-        return pn_raise_errno(-err);
-    }
-    pn_shm_header *h = pn_shm_hdr(&shm);
-    if (k >= h->nworkers) {
-        pn_shm_detach(&shm, 0);
-        PyErr_SetString(PyExc_ValueError, "bad worker slot");
+    pn_worker_ctl *ctl = attach_slot(&shm, fd, k);
+    if (ctl == NULL) {
         return NULL;
     }
-    pn_worker_ctl *ctl = pn_shm_ctl(&shm, k);
+    pn_shm_header *h = pn_shm_hdr(&shm);
     if (text != Py_None) {
         /* The initializer failed: its traceback goes where slot 0's data
          * would be (no task runs on this worker). */
