@@ -49,6 +49,19 @@ def _k(n):
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
+def _countdown(loop, n):
+    """A future and a callback that completes it on its n-th call."""
+    done = loop.create_future()
+    left = [n]
+
+    def cb():
+        left[0] -= 1
+        if left[0] == 0:
+            done.set_result(None)
+
+    return done, cb
+
+
 def _noop(*args):
     return None
 
@@ -79,14 +92,7 @@ def call_soon_threadsafe(h):
     n = h.n(200_000)
 
     def one_round(loop):
-        done = loop.create_future()
-        count = [0]
-
-        def cb():
-            count[0] += 1
-            if count[0] == n:
-                done.set_result(None)
-
+        done, cb = _countdown(loop, n)
         def producer():
             cst = loop.call_soon_threadsafe
             for _ in range(n):
@@ -134,14 +140,7 @@ def timers_firing(h):
     spread = 0.1
 
     def one_round(loop):
-        done = loop.create_future()
-        count = [0]
-
-        def cb():
-            count[0] += 1
-            if count[0] == n:
-                done.set_result(None)
-
+        done, cb = _countdown(loop, n)
         cl = loop.call_later
         t0 = time.perf_counter()
         for i in range(n):
