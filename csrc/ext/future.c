@@ -369,12 +369,13 @@ pn_future_set_running_or_notify_cancel(PyObject *fut)
         if (st == NULL && (st = fut_module_state(f)) == NULL) {
             return -1;
         }
-        PyObject *r = PyObject_CallMethod(
-            st->cf_logger, "critical", "sKO",
-            "Future %s in unexpected state: %s",
-            (unsigned long long)(uintptr_t)f, st->state_names[s]);
-        Py_XDECREF(r);
-        if (r != NULL) {
+        int r = pn_log(st->cf_logger, st->str_critical,
+                       Py_BuildValue("(sKO)",
+                                     "Future %s in unexpected state: %s",
+                                     (unsigned long long)(uintptr_t)f,
+                                     st->state_names[s]),
+                       NULL);
+        if (r == 0) {
             PyErr_SetString(PyExc_RuntimeError, "Future in unexpected state");
         }
     }
@@ -924,15 +925,6 @@ pn_future_exec(PyObject *m, pn_state *st)
             return -1;
         }
     }
-#define INTERN(field, s) \
-    if ((st->field = PyUnicode_InternFromString(s)) == NULL) { goto done; }
-    INTERN(str_acquire, "acquire")
-    INTERN(str_release, "release")
-    INTERN(str_add_result, "add_result")
-    INTERN(str_add_exception, "add_exception")
-    INTERN(str_add_cancelled, "add_cancelled")
-    INTERN(str_exception, "exception")
-#undef INTERN
     if ((thread = PyImport_ImportModule("_thread")) == NULL
         || (st->RLockType = PyObject_GetAttrString(thread, "RLock"))
                == NULL) {

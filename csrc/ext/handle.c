@@ -216,6 +216,7 @@ pn_handle_own_context(pn_handle *h)
 int
 pn_handle_run(pn_handle *h)
 {
+    pn_state *st;
     PyObject *res = NULL, *exc, *r;
     PyObject *cb = h->callback;
     PyObject *args = h->args;
@@ -261,8 +262,9 @@ pn_handle_run(pn_handle *h)
         return -1;
     }
     exc = pn_fetch_exception();
-    r = PyObject_CallMethod(h->loop, "_pn_callback_error", "OO",
-                            (PyObject *)h, exc ? exc : Py_None);
+    st = PyType_GetModuleState(Py_TYPE(h));
+    r = PyObject_CallMethodObjArgs(h->loop, st->str__pn_callback_error,
+                                   (PyObject *)h, exc ? exc : Py_None, NULL);
     Py_XDECREF(exc);
     if (r == NULL) {
         /* The exception handler itself raised something fatal. */

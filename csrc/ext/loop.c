@@ -392,8 +392,8 @@ loop_create_task(pn_loop *self, PyObject *const *args, size_t nargsf,
         }
     }
     if (slow) {
-        PyObject *meth = PyObject_GetAttrString((PyObject *)self,
-                                                "_pn_create_task");
+        PyObject *meth = PyObject_GetAttr((PyObject *)self,
+                                          self->st->str__pn_create_task);
         if (meth == NULL) {
             return NULL;
         }
@@ -441,14 +441,14 @@ loop_set_task_factory(pn_loop *self, PyObject *v, void *Py_UNUSED(c))
 
 /* asyncio's _fileobj_to_fd: an int, or an object with fileno(). */
 static int
-fileobj_to_fd(PyObject *obj)
+fileobj_to_fd(pn_loop *self, PyObject *obj)
 {
     long fd;
     if (PyLong_Check(obj)) {
         fd = PyLong_AsLong(obj);
     }
     else {
-        PyObject *r = PyObject_CallMethod(obj, "fileno", NULL);
+        PyObject *r = PyObject_CallMethodNoArgs(obj, self->st->str_fileno);
         if (r == NULL) {
             if (PyErr_ExceptionMatches(PyExc_AttributeError)
                 || PyErr_ExceptionMatches(PyExc_TypeError)
@@ -549,7 +549,7 @@ add_fd_callback(pn_loop *self, PyObject *const *args, Py_ssize_t nargs,
     if (check_closed(self) < 0 || check_fork(self) < 0) {
         return NULL;
     }
-    fd = fileobj_to_fd(args[0]);
+    fd = fileobj_to_fd(self, args[0]);
     if (fd < 0 || check_callback(args[1], method) < 0) {
         return NULL;
     }
@@ -626,7 +626,7 @@ remove_fd_method(pn_loop *self, PyObject *fileobj, int writer)
     if (self->closed) {
         Py_RETURN_FALSE;
     }
-    fd = fileobj_to_fd(fileobj);
+    fd = fileobj_to_fd(self, fileobj);
     if (fd < 0) {
         return NULL;
     }
@@ -677,7 +677,7 @@ loop_remove_writer(pn_loop *self, PyObject *fileobj)
 static PyObject *
 loop_fd_handles(pn_loop *self, PyObject *fileobj)
 {
-    int fd = fileobj_to_fd(fileobj);
+    int fd = fileobj_to_fd(self, fileobj);
     pn_fdslot *slot;
     if (fd < 0) {
         return NULL;
@@ -897,9 +897,11 @@ run_once(pn_loop *self)
             rc = pn_handle_run(h);
             dt = loop_now() - start;
             if (rc == 0 && dt >= self->slow_callback_duration) {
-                PyObject *r = PyObject_CallMethod(
-                    (PyObject *)self, "_pn_slow_callback", "Od",
-                    (PyObject *)h, dt);
+                PyObject *d = PyFloat_FromDouble(dt);
+                PyObject *r = d == NULL ? NULL : PyObject_CallMethodObjArgs(
+                    (PyObject *)self, self->st->str__pn_slow_callback,
+                    (PyObject *)h, d, NULL);
+                Py_XDECREF(d);
                 if (r == NULL) {
                     rc = -1;
                 }
@@ -1466,15 +1468,7 @@ pn_loop_exec(PyObject *m, pn_state *st)
             return -1;
         }
     }
-    st->str_context = PyUnicode_InternFromString("context");
-    st->str_cancelled = PyUnicode_InternFromString("cancelled");
-    st->str_cancel = PyUnicode_InternFromString("cancel");
-    st->str_set_result = PyUnicode_InternFromString("set_result");
-    st->str_set_exception = PyUnicode_InternFromString("set_exception");
-    if (st->kwnames_loop == NULL || st->str_context == NULL
-        || st->str_cancelled == NULL
-        || st->str_cancel == NULL || st->str_set_result == NULL
-        || st->str_set_exception == NULL) {
+    if (st->kwnames_loop == NULL) {
         return -1;
     }
     return PyModule_AddType(m, st->LoopCoreType);

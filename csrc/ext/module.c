@@ -13,24 +13,18 @@
     X(WorkerCrashedError) X(TaskTimeoutError) X(CancelledError)             \
     X(InvalidStateError) X(cf_logger) X(FutureCoreType) X(FutureType)       \
     X(RLockType) X(state_names[0]) X(state_names[1]) X(state_names[2])      \
-    X(state_names[3]) X(state_names[4]) X(str_acquire) X(str_release)       \
-    X(str_add_result) X(str_add_exception) X(str_add_cancelled)             \
-    X(str_exception) X(ThreadPoolType) X(ThreadPoolCoreType)                \
-    X(str_start_worker) X(MapJobType) X(MapIteratorType)                    \
+    X(state_names[3]) X(state_names[4])                                     \
+    X(ThreadPoolType) X(ThreadPoolCoreType) X(MapJobType)                   \
+    X(MapIteratorType)                                                      \
     X(ProcessPoolCoreType) X(ProcBufSinkType) X(ProcArenaBufType)           \
     /* loop */                                                              \
     X(HandleType) X(TimerHandleType) X(LoopCoreType) X(handle_repr)         \
     X(extract_stack) X(aio_Future) X(aio_Task) X(aio_convert_exc)           \
     X(kwnames_task[0]) X(kwnames_task[1]) X(kwnames_task[2])                \
-    X(kwnames_task[3]) X(kwnames_loop) X(str_context) X(str_cancelled)      \
-    X(str_cancel) X(str_set_result) X(str_set_exception)                    \
+    X(kwnames_task[3]) X(kwnames_loop)                                      \
     /* stream */                                                            \
     X(StreamTransportType) X(aio_BufferedProtocol) X(aio_TransportSocket)   \
     X(aio_set_nodelay) X(aio_set_result_unless_cancelled) X(aio_logger)     \
-    X(str_data_received) X(str_eof_received) X(str_get_buffer)              \
-    X(str_buffer_updated) X(str_connection_made) X(str_connection_lost)     \
-    X(str_pause_writing) X(str_resume_writing) X(str_call_soon)             \
-    X(str_call_exception_handler) X(str_peername) X(str_extra)         \
     X(minus_one)
 
 static int
@@ -38,7 +32,10 @@ module_traverse(PyObject *m, visitproc visit, void *arg)
 {
     pn_state *st = PyModule_GetState(m);
 #define VISIT(f) Py_VISIT(st->f);
+#define VISIT_NAME(name) VISIT(str_##name)
     PN_STATE_OBJECTS(VISIT)
+    PN_STATE_NAMES(VISIT_NAME)
+#undef VISIT_NAME
 #undef VISIT
     return 0;
 }
@@ -48,7 +45,10 @@ module_clear(PyObject *m)
 {
     pn_state *st = PyModule_GetState(m);
 #define CLEAR(f) Py_CLEAR(st->f);
+#define CLEAR_NAME(name) CLEAR(str_##name)
     PN_STATE_OBJECTS(CLEAR)
+    PN_STATE_NAMES(CLEAR_NAME)
+#undef CLEAR_NAME
 #undef CLEAR
     return 0;
 }
@@ -93,6 +93,25 @@ kernel_features(PyObject *m, PyObject *Py_UNUSED(arg))
     return d;
 }
 
+int
+pn_log(PyObject *logger, PyObject *level, PyObject *args, PyObject *exc_info)
+{
+    PyObject *meth = NULL, *kw = NULL, *r = NULL;
+    if (args == NULL) {
+        return -1;
+    }
+    if ((meth = PyObject_GetAttr(logger, level)) != NULL
+        && (exc_info == NULL
+            || (kw = Py_BuildValue("{sO}", "exc_info", exc_info)) != NULL)) {
+        r = PyObject_Call(meth, args, kw);
+    }
+    Py_XDECREF(meth);
+    Py_XDECREF(kw);
+    Py_DECREF(args);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 static PyMethodDef module_methods[] = {
     {"kernel_features", kernel_features, METH_NOARGS, kernel_features_doc},
     {NULL, NULL, 0, NULL},
@@ -107,6 +126,12 @@ module_exec(PyObject *m)
         pn_raise_errno(-err);
         return -1;
     }
+#define INTERN(name)                                                        \
+    if ((st->str_##name = PyUnicode_InternFromString(#name)) == NULL) {     \
+        return -1;                                                          \
+    }
+    PN_STATE_NAMES(INTERN)
+#undef INTERN
     if (pn_errors_exec(m, st) < 0 || pn_future_exec(m, st) < 0
         || pn_threadpool_exec(m, st) < 0 || pn_procpool_exec(m, st) < 0
         || pn_handle_exec(m, st) < 0 || pn_loop_exec(m, st) < 0

@@ -15,7 +15,33 @@
 
 struct pn_handle;
 
+/* Attribute and method names the C code looks up or calls, interned once by
+ * module_exec into pn_state.str_<name>.  A call through one builds no string;
+ * a fresh name string per call (PyObject_CallMethod with a C string) would
+ * also be kept alive by the type method cache, one copy per slot its address
+ * hashes to, which reads as slow memory growth. */
+#define PN_STATE_NAMES(X)                                                    \
+    /* future.c */                                                          \
+    X(acquire) X(release) X(add_result) X(add_exception) X(add_cancelled)   \
+    X(exception) X(critical)                                                \
+    /* threadpool.c, procpool*.c */                                         \
+    X(_start_worker) X(cancelled)                                           \
+    /* loop */                                                              \
+    X(context) X(cancel) X(set_result) X(set_exception) X(fileno)           \
+    X(_pn_create_task) X(_pn_callback_error) X(_pn_slow_callback)           \
+    /* stream */                                                            \
+    X(data_received) X(eof_received) X(get_buffer) X(buffer_updated)        \
+    X(connection_made) X(connection_lost) X(pause_writing)                  \
+    X(resume_writing) X(call_soon) X(call_exception_handler) X(peername)    \
+    X(sockname) X(getpeername) X(getsockname) X(_extra) X(create_future)    \
+    X(close) X(_transports) X(_pn_start_reading) X(_call_connection_lost)   \
+    X(_attach) X(_detach) X(debug) X(warning)
+
 typedef struct pn_state {
+#define PN_NAME_FIELD(name) PyObject *str_##name;
+    PN_STATE_NAMES(PN_NAME_FIELD)
+#undef PN_NAME_FIELD
+
     /* errors.c */
     PyObject *PistonError;
     PyObject *BrokenPool;
@@ -32,17 +58,10 @@ typedef struct pn_state {
     PyTypeObject *FutureType;       /* piston.Future(FutureCore, cf.Future) */
     PyObject *RLockType;            /* _thread.RLock, for Future._condition */
     PyObject *state_names[5];       /* 'PENDING', ... as concurrent.futures */
-    PyObject *str_acquire;
-    PyObject *str_release;
-    PyObject *str_add_result;
-    PyObject *str_add_exception;
-    PyObject *str_add_cancelled;
-    PyObject *str_exception;
 
     /* threadpool.c, map_job.c */
     PyTypeObject *ThreadPoolType;   /* C base of piston.ThreadPoolExecutor */
     PyTypeObject *ThreadPoolCoreType;
-    PyObject *str_start_worker;
     PyTypeObject *MapJobType;
     PyTypeObject *MapIteratorType;
     int interpreter_exiting;        /* set by piston's threading atexit hook */
@@ -63,11 +82,6 @@ typedef struct pn_state {
     PyObject *aio_convert_exc;      /* asyncio.futures._convert_future_exc */
     PyObject *kwnames_task[4];      /* ("loop",), +"name", +"context", both */
     PyObject *kwnames_loop;         /* ("loop",) for Future(loop=...) */
-    PyObject *str_context;          /* "context", interned: keyword checks */
-    PyObject *str_cancelled;        /* asyncio.Future method names */
-    PyObject *str_cancel;
-    PyObject *str_set_result;
-    PyObject *str_set_exception;
     /* stream.c: the type is made by _stream_setup once asyncio is
      * imported; its base is asyncio.Transport. */
     PyTypeObject *StreamTransportType;
@@ -76,18 +90,6 @@ typedef struct pn_state {
     PyObject *aio_set_nodelay;      /* asyncio.base_events._set_nodelay */
     PyObject *aio_set_result_unless_cancelled;
     PyObject *aio_logger;           /* asyncio.log.logger */
-    PyObject *str_data_received;
-    PyObject *str_eof_received;
-    PyObject *str_get_buffer;
-    PyObject *str_buffer_updated;
-    PyObject *str_connection_made;
-    PyObject *str_connection_lost;
-    PyObject *str_pause_writing;
-    PyObject *str_resume_writing;
-    PyObject *str_call_soon;
-    PyObject *str_call_exception_handler;
-    PyObject *str_peername;
-    PyObject *str_extra;
     PyObject *minus_one;
     /* Where reads land before they become bytes (PN_STREAM_MAX_SIZE,
      * allocated on first use, freed by module_free); used with the GIL
@@ -124,5 +126,12 @@ void pn_handle_pool_clear(pn_state *st);
 /* Turns a negative errno from the engine into a Python exception (always
  * returns NULL so callers can `return pn_raise_errno(-r);`). */
 PyObject *pn_raise_errno(int err);
+
+/* logger.<level>(*args, exc_info=exc_info) for a level name from the
+ * interned names; `args` is a new tuple (stolen; NULL when building it
+ * failed, then this fails too), `exc_info` NULL for none.  0, or -1 with
+ * an exception set. */
+int pn_log(PyObject *logger, PyObject *level, PyObject *args,
+           PyObject *exc_info);
 
 #endif

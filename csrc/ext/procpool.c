@@ -424,7 +424,8 @@ dispatch(pool *p)
             t->running_set = r;
         }
         else if (p->cancel_running) {
-            PyObject *c = PyObject_CallMethod(t->future, "cancelled", NULL);
+            PyObject *c = PyObject_CallMethodNoArgs(t->future,
+                                                    p->st->str_cancelled);
             r = c != Py_True;
             Py_XDECREF(c);
             PyErr_Clear();
@@ -715,7 +716,7 @@ on_future_done(PyObject *fut, void *arg)
     if (t->future != fut || t->running_set) {
         return;                 /* completed by us, not a cancel */
     }
-    PyObject *c = PyObject_CallMethod(fut, "cancelled", NULL);
+    PyObject *c = PyObject_CallMethodNoArgs(fut, p->st->str_cancelled);
     int cancelled = c == Py_True;
     Py_XDECREF(c);
     PyErr_Clear();
@@ -799,7 +800,7 @@ error:
     exc = pn_fetch_exception();
 done:
     if (body != NULL) {
-        PyObject *r = PyObject_CallMethod(body, "release", NULL);
+        PyObject *r = PyObject_CallMethodNoArgs(body, p->st->str_release);
         Py_XDECREF(r);
         PyErr_Clear();
         Py_DECREF(body);

@@ -143,7 +143,7 @@ run_task(pn_state *st, pn_shm *shm, pn_arena *wa, pn_slot *s,
     {
         /* The view must not outlive the block; keep loads' error. */
         PyObject *saved = obj == NULL ? pn_fetch_exception() : NULL;
-        PyObject *r = PyObject_CallMethod(body, "release", NULL);
+        PyObject *r = PyObject_CallMethodNoArgs(body, st->str_release);
         Py_XDECREF(r);
         PyErr_Clear();
         if (saved != NULL) {

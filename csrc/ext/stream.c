@@ -125,7 +125,7 @@ stream_pause_reading(pn_stream *self, PyObject *Py_UNUSED(a))
     self->paused = 1;
     if (pn__loop_remove_fd(self->loop, self->fd, 0) < 0
         || (self->loop->debug
-            && pn__stream_log(self, "debug", "%r pauses reading", NULL,
+            && pn__stream_log(self, self->st->str_debug, "%r pauses reading", NULL,
                               NULL)
                    < 0)) {
         return NULL;
@@ -145,7 +145,7 @@ stream_resume_reading(pn_stream *self, PyObject *Py_UNUSED(a))
     self->paused = 0;
     if (pn__loop_add_fd(self->loop, self->fd, 0, self->read_cb) < 0
         || (self->loop->debug
-            && pn__stream_log(self, "debug", "%r resumes reading", NULL,
+            && pn__stream_log(self, self->st->str_debug, "%r resumes reading", NULL,
                               NULL)
                    < 0)) {
         return NULL;
@@ -274,7 +274,8 @@ stream_make_empty_waiter(pn_stream *self, PyObject *Py_UNUSED(a))
         PyErr_SetString(PyExc_RuntimeError, "the transport is closed");
         return NULL;
     }
-    w = PyObject_CallMethod((PyObject *)self->loop, "create_future", NULL);
+    w = PyObject_CallMethodNoArgs((PyObject *)self->loop,
+                                  self->st->str_create_future);
     if (w == NULL) {
         return NULL;
     }
@@ -347,12 +348,11 @@ stream_new(PyTypeObject *tp, PyObject *Py_UNUSED(a), PyObject *Py_UNUSED(k))
     return (PyObject *)self;
 }
 
-/* extra['key'] = sock.<method>(), or None if it raises OSError. */
+/* extra[key] = sock.<method>(), or None if it raises OSError. */
 static int
-set_addr(PyObject *extra, const char *key, PyObject *sock,
-         const char *method)
+set_addr(PyObject *extra, PyObject *key, PyObject *sock, PyObject *method)
 {
-    PyObject *v = PyObject_CallMethod(sock, method, NULL);
+    PyObject *v = PyObject_CallMethodNoArgs(sock, method);
     int r;
     if (v == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_OSError)) {
@@ -361,7 +361,7 @@ set_addr(PyObject *extra, const char *key, PyObject *sock,
         PyErr_Clear();
         v = Py_NewRef(Py_None);
     }
-    r = PyDict_SetItemString(extra, key, v);
+    r = PyDict_SetItem(extra, key, v);
     Py_DECREF(v);
     return r;
 }
@@ -397,7 +397,7 @@ stream_init(pn_stream *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "extra must be a dict or None");
         return -1;
     }
-    o = PyObject_CallMethod(sock, "fileno", NULL);
+    o = PyObject_CallMethodNoArgs(sock, st->str_fileno);
     if (o == NULL) {
         return -1;
     }
@@ -423,13 +423,16 @@ stream_init(pn_stream *self, PyObject *args, PyObject *kwds)
     }
     r = PyDict_SetItemString(self->extra, "socket", o);
     Py_DECREF(o);
-    if (r < 0 || set_addr(self->extra, "sockname", sock, "getsockname") < 0) {
+    if (r < 0
+        || set_addr(self->extra, st->str_sockname, sock, st->str_getsockname)
+               < 0) {
         return -1;
     }
     r = PyDict_Contains(self->extra, st->str_peername);
     if (r < 0
-        || (r == 0 && set_addr(self->extra, "peername", sock, "getpeername")
-                          < 0)) {
+        || (r == 0
+            && set_addr(self->extra, st->str_peername, sock,
+                        st->str_getpeername) < 0)) {
         return -1;
     }
     self->sock = Py_NewRef(sock);
@@ -447,13 +450,13 @@ stream_init(pn_stream *self, PyObject *args, PyObject *kwds)
     }
     if (server != Py_None) {
         self->server = Py_NewRef(server);
-        if (pn__stream_server_call(self, "_attach") < 0) {
+        if (pn__stream_server_call(self, self->st->str__attach) < 0) {
             Py_CLEAR(self->server);
             return -1;
         }
     }
     /* loop._transports[fd] = self: add_reader & co. refuse the fd. */
-    o = PyObject_GetAttrString(loop, "_transports");
+    o = PyObject_GetAttr(loop, self->st->str__transports);
     if (o == NULL) {
         return -1;
     }
@@ -482,7 +485,7 @@ stream_init(pn_stream *self, PyObject *args, PyObject *kwds)
     if (r < 0) {
         return -1;
     }
-    cb = PyObject_GetAttrString((PyObject *)self, "_pn_start_reading");
+    cb = PyObject_GetAttr((PyObject *)self, self->st->str__pn_start_reading);
     if (cb == NULL) {
         return -1;
     }
@@ -522,7 +525,7 @@ stream_finalize(pn_stream *self)
 #if PY_VERSION_HEX >= 0x030D0000
     if (self->server != NULL) {
         PyObject *server = self->server;
-        int r = pn__stream_server_call(self, "_detach");
+        int r = pn__stream_server_call(self, self->st->str__detach);
         self->server = NULL;
         Py_DECREF(server);
         if (r < 0) {
@@ -715,7 +718,7 @@ stream_setup(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     base = (PyTypeObject *)args[0];
     /* Our `extra` must land on BaseTransport's `_extra` slot, and the
      * base must hold nothing else we do not know of. */
-    descr = _PyType_Lookup(base, st->str_extra);
+    descr = _PyType_Lookup(base, st->str__extra);
     if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)
         || ((PyMemberDescrObject *)descr)->d_member->offset
                != (Py_ssize_t)offsetof(pn_stream, extra)
@@ -746,29 +749,9 @@ static PyMethodDef stream_module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-#define INTERN(field, text)                                                 \
-    do {                                                                    \
-        st->field = PyUnicode_InternFromString(text);                       \
-        if (st->field == NULL) {                                            \
-            return -1;                                                      \
-        }                                                                   \
-    } while (0)
-
 int
 pn_stream_exec(PyObject *m, pn_state *st)
 {
-    INTERN(str_data_received, "data_received");
-    INTERN(str_eof_received, "eof_received");
-    INTERN(str_get_buffer, "get_buffer");
-    INTERN(str_buffer_updated, "buffer_updated");
-    INTERN(str_connection_made, "connection_made");
-    INTERN(str_connection_lost, "connection_lost");
-    INTERN(str_pause_writing, "pause_writing");
-    INTERN(str_resume_writing, "resume_writing");
-    INTERN(str_call_soon, "call_soon");
-    INTERN(str_call_exception_handler, "call_exception_handler");
-    INTERN(str_peername, "peername");
-    INTERN(str_extra, "_extra");
     st->minus_one = PyLong_FromLong(-1);
     if (st->minus_one == NULL) {
         return -1;

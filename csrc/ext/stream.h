@@ -105,8 +105,8 @@ int pn__stream_call_connection_lost(pn_stream *self, PyObject *exc);
 int pn__stream_maybe_pause(pn_stream *self);
 int pn__stream_maybe_resume(pn_stream *self);
 /* logger.<level>(fmt, self[, arg], exc_info=exc_info) on asyncio's
- * logger; arg and exc_info may be NULL. */
-int pn__stream_log(pn_stream *self, const char *level, const char *fmt,
+ * logger, `level` an interned name; arg and exc_info may be NULL. */
+int pn__stream_log(pn_stream *self, PyObject *level, const char *fmt,
                    const char *arg, PyObject *exc_info);
 /* A protocol callback raised: SystemExit/KeyboardInterrupt stay set (-1),
  * anything else is a fatal error of the transport (0, or -1). */
@@ -114,8 +114,9 @@ int pn__stream_protocol_failed(pn_stream *self, const char *msg);
 void pn__stream_wq_clear(pn_stream *self);
 /* loop.call_soon(cb[, arg]); 0 or -1. */
 int pn__stream_call_soon(pn_stream *self, PyObject *cb, PyObject *arg);
-/* server._attach()/_detach() (3.13: with the transport); 0 or -1. */
-int pn__stream_server_call(pn_stream *self, const char *method);
+/* server._attach()/_detach() (3.13: with the transport), `method` one of
+ * the interned names; 0 or -1. */
+int pn__stream_server_call(pn_stream *self, PyObject *method);
 /* Closes the socket object and forgets it; 0 or -1. */
 int pn__stream_close_sock(pn_stream *self);
 

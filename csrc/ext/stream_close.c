@@ -14,28 +14,12 @@ is_fatal_exception(void)
 }
 
 int
-pn__stream_log(pn_stream *self, const char *level, const char *fmt,
+pn__stream_log(pn_stream *self, PyObject *level, const char *fmt,
                const char *arg, PyObject *exc_info)
 {
-    PyObject *meth, *args, *kw = NULL, *r;
-    meth = PyObject_GetAttrString(self->st->aio_logger, level);
-    if (meth == NULL) {
-        return -1;
-    }
-    args = arg ? Py_BuildValue("(sOs)", fmt, (PyObject *)self, arg)
-               : Py_BuildValue("(sO)", fmt, (PyObject *)self);
-    if (args != NULL && exc_info != NULL) {
-        kw = Py_BuildValue("{sO}", "exc_info", exc_info);
-        if (kw == NULL) {
-            Py_CLEAR(args);
-        }
-    }
-    r = args ? PyObject_Call(meth, args, kw) : NULL;
-    Py_DECREF(meth);
-    Py_XDECREF(args);
-    Py_XDECREF(kw);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    PyObject *args = arg ? Py_BuildValue("(sOs)", fmt, (PyObject *)self, arg)
+                         : Py_BuildValue("(sO)", fmt, (PyObject *)self);
+    return pn_log(self->st->aio_logger, level, args, exc_info);
 }
 
 /* loop.call_soon(cb, arg) (arg may be NULL). */
@@ -93,7 +77,7 @@ pn__stream_force_close(pn_stream *self, PyObject *exc)
         }
     }
     self->conn_lost++;
-    cb = PyObject_GetAttrString((PyObject *)self, "_call_connection_lost");
+    cb = PyObject_GetAttr((PyObject *)self, self->st->str__call_connection_lost);
     if (cb == NULL) {
         return -1;
     }
@@ -108,7 +92,7 @@ pn__stream_fatal_error(pn_stream *self, PyObject *exc, const char *msg)
     /* Socket errors are the peer's doing: logged in debug mode only. */
     if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_OSError)) {
         if (self->loop != NULL && self->loop->debug
-            && pn__stream_log(self, "debug", "%r: %s", msg, exc) < 0) {
+            && pn__stream_log(self, self->st->str_debug, "%r: %s", msg, exc) < 0) {
             return -1;
         }
     }
@@ -161,7 +145,7 @@ pn__stream_close(pn_stream *self)
     if (pn__loop_remove_fd(self->loop, self->fd, 1) < 0) {
         return -1;
     }
-    cb = PyObject_GetAttrString((PyObject *)self, "_call_connection_lost");
+    cb = PyObject_GetAttr((PyObject *)self, self->st->str__call_connection_lost);
     if (cb == NULL) {
         return -1;
     }
@@ -171,14 +155,14 @@ pn__stream_close(pn_stream *self)
 }
 
 int
-pn__stream_server_call(pn_stream *self, const char *method)
+pn__stream_server_call(pn_stream *self, PyObject *method)
 {
     PyObject *r;
 #if PY_VERSION_HEX >= 0x030D0000
     /* 3.13's Server keeps a set of its transports. */
-    r = PyObject_CallMethod(self->server, method, "O", (PyObject *)self);
+    r = PyObject_CallMethodOneArg(self->server, method, (PyObject *)self);
 #else
-    r = PyObject_CallMethod(self->server, method, NULL);
+    r = PyObject_CallMethodNoArgs(self->server, method);
 #endif
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -193,7 +177,7 @@ pn__stream_close_sock(pn_stream *self)
         return 0;
     }
     self->sock = NULL;
-    r = PyObject_CallMethod(sock, "close", NULL);
+    r = PyObject_CallMethodNoArgs(sock, self->st->str_close);
     Py_DECREF(sock);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -234,7 +218,7 @@ pn__stream_call_connection_lost(pn_stream *self, PyObject *exc)
     Py_CLEAR(self->write_cb);
     server = self->server;
     if (server != NULL) {
-        int r = pn__stream_server_call(self, "_detach");
+        int r = pn__stream_server_call(self, self->st->str__detach);
         self->server = NULL;
         Py_DECREF(server);
         if (r < 0 && err == NULL) {

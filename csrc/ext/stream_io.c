@@ -65,7 +65,7 @@ on_eof(pn_stream *self)
     int keep_open;
 
     if (self->loop->debug
-        && pn__stream_log(self, "debug", "%r received EOF", NULL, NULL)
+        && pn__stream_log(self, self->st->str_debug, "%r received EOF", NULL, NULL)
                < 0) {
         return NULL;
     }
@@ -501,13 +501,11 @@ static PyObject *
 write_after_lost(pn_stream *self)
 {
     if (self->conn_lost >= PN_STREAM_CONNLOST_WARN) {
-        PyObject *r = PyObject_CallMethod(self->st->aio_logger, "warning",
-                                          "s",
-                                          "socket.send() raised exception.");
-        if (r == NULL) {
+        if (pn_log(self->st->aio_logger, self->st->str_warning,
+                   Py_BuildValue("(s)", "socket.send() raised exception."),
+                   NULL) < 0) {
             return NULL;
         }
-        Py_DECREF(r);
     }
     self->conn_lost++;
     Py_RETURN_NONE;

@@ -53,7 +53,7 @@ enqueue(pn_tpexec *self, pn_qnode *node, uint32_t units)
     }
     if (start) {
         PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self,
-                                                core->st->str_start_worker);
+                                                core->st->str__start_worker);
         if (r != NULL) {
             Py_DECREF(r);
             return 0;

@@ -144,17 +144,10 @@ pn__tpcore_check_fork(pn_tpcore *core)
 static void
 log_critical(pn_state *st, const char *msg, PyObject *exc)
 {
-    PyObject *meth = PyObject_GetAttrString(st->cf_logger, "critical");
-    PyObject *args = meth ? Py_BuildValue("(s)", msg) : NULL;
-    PyObject *kw = args ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
-    PyObject *r = kw ? PyObject_Call(meth, args, kw) : NULL;
-    if (r == NULL) {
+    if (pn_log(st->cf_logger, st->str_critical, Py_BuildValue("(s)", msg),
+               exc) < 0) {
         PyErr_WriteUnraisable(st->cf_logger);
     }
-    Py_XDECREF(r);
-    Py_XDECREF(kw);
-    Py_XDECREF(args);
-    Py_XDECREF(meth);
 }
 
 /* The initializer failed: like the stdlib, the pool is broken and every
@@ -548,10 +541,6 @@ int
 pn_threadpool_exec(PyObject *m, pn_state *st)
 {
     if (pn_map_exec(m, st) < 0) {
-        return -1;
-    }
-    st->str_start_worker = PyUnicode_InternFromString("_start_worker");
-    if (st->str_start_worker == NULL) {
         return -1;
     }
     st->ThreadPoolCoreType =
