@@ -292,8 +292,10 @@ def startup(h):
                 samples=samples,
                 note="piston forks its fork server (and, before it, its "
                      "first worker) only from a single-threaded process; "
-                     "with threads (numpy's BLAS pool counts) it starts a "
-                     "fresh interpreter")]
+                     "with threads (numpy's BLAS pool counts) the fork "
+                     "server comes from piston's zygote, an interpreter "
+                     "started by the first such pool and kept (that first "
+                     "start is one of the samples)")]
 
 
 CASES = [

@@ -112,6 +112,14 @@ def alive(pid):
         return False
 
 
+def assert_all_exit(pids, timeout=10):
+    end = time.monotonic() + timeout
+    while any(alive(x) for x in pids):
+        assert time.monotonic() < end, "left running: %r" % [
+            x for x in pids if alive(x)]
+        time.sleep(0.05)
+
+
 def fd_count():
     return len(os.listdir("/proc/self/fd"))
 
@@ -425,11 +433,7 @@ def test_parent_killed_leaves_no_orphans(tmp_path):
     assert p.returncode == -signal.SIGKILL, err
     pids = [int(x) for x in out.split()]
     assert len(pids) == 3
-    end = time.monotonic() + 10
-    while any(alive(x) for x in pids):
-        assert time.monotonic() < end, "orphans left: %r" % [
-            x for x in pids if alive(x)]
-        time.sleep(0.05)
+    assert_all_exit(pids)
     assert shm_entries() - before == set()
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 
-from piston import _piston
+from piston import _piston, _zygote
 
 try:  # lambdas and closures travel too when cloudpickle is installed
     import cloudpickle as _cloudpickle
@@ -117,41 +117,20 @@ def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
     them and reports each exit (with its wait status) into shared memory.
     Exits, killing its workers, when the parent dies (death_r reads EOF);
     exits once its workers are gone after the parent closes cmd_r."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
-    sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(sig_w)
-    signal.signal(signal.SIGCHLD, lambda *a: None)
+    events = _zygote.ChildEvents()
     children = {}
     closing = False
     buf = b""
 
-    def reap():
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+    while True:
+        for pid, status in events.reaped() if children else ():
             slot = children.pop(pid, None)
             if slot is not None:
                 _piston._procpool_report(fd, slot, pid, status)
-
-    while True:
-        reap()
         if closing and not children:
             return
-        watch = [death_r, sig_r] + ([] if closing else [cmd_r])
-        try:
-            ready, _, _ = select.select(watch, [], [], 1.0)
-        except InterruptedError:
-            continue
-        if sig_r in ready:
-            try:
-                os.read(sig_r, 4096)
-            except BlockingIOError:
-                pass
+        ready = events.wait([death_r] + ([] if closing else [cmd_r]), 1.0)
         if death_r in ready:
             # The parent is gone: nobody can use the results.
             for pid in list(children):
@@ -178,8 +157,9 @@ def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
                 _flush_std()
                 pid = os.fork()
                 if pid == 0:
-                    for f in (cmd_r, death_r, sig_r, sig_w):
-                        os.close(f)
+                    events.close()
+                    os.close(cmd_r)
+                    os.close(death_r)
                     _worker_child(fd, slot, gen, init, max_tasks, threshold,
                                   me)
                 children[pid] = slot
@@ -190,18 +170,10 @@ def _server_entry():
     """Entry point of an exec'd (spawn/forkserver) fork server."""
     cfg = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
-    import multiprocessing.spawn as _spawn
-    try:
-        _spawn.prepare(cfg["prep"])
-    except Exception:
-        traceback.print_exc()
-    if cfg.get("bench"):
-        # `python -m piston bench` from a source checkout maps benchmarks/
-        # to piston.benchmarks in the parent; tasks refer to it.
-        from piston import _cli
-        _cli._benchmarks()
-    _server_loop(cfg["fd"], cfg["cmd_r"], cfg["death_r"], cfg["init"],
-                 cfg["max_tasks"], cfg["threshold"])
+    _zygote.prepare(cfg)
+    _zygote.run_and_exit(_server_loop, cfg["fd"], cfg["cmd_r"],
+                         cfg["death_r"], cfg["init"], cfg["max_tasks"],
+                         cfg["threshold"])
 
 
 def _threads_in_process():
@@ -231,48 +203,55 @@ def _single_threaded(grace=0.005):
     return False
 
 
+def _default_method():
+    """A fork of a single-threaded parent is safe and fastest; with threads
+    around, the fork server comes from the zygote (a fresh interpreter
+    started once per process)."""
+    return "fork" if _single_threaded() else "forkserver"
+
+
 class _Server:
-    """The parent's handle on its fork server."""
+    """The parent's handle on its fork server: forked from this process
+    ("fork"), from the process-wide zygote ("forkserver"), or started as a
+    fresh interpreter of its own ("spawn")."""
 
     def __init__(self, fd, method, init, max_tasks, threshold):
         cmd_r, self.cmd_w = os.pipe2(os.O_CLOEXEC)
         death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
         self.proc = None
         self.pid = None
+        self.pidfd = -1         # a server that is not our child
         if method is None:
-            # A fork of a single-threaded parent is safe and fastest; with
-            # threads around, a fresh interpreter is the safe choice.
-            method = "fork" if _single_threaded() else "spawn"
+            method = _default_method()
         self.method = method
         try:
-            if method == "fork":
+            if method == "forkserver":
+                if init is not None:
+                    init = (pickle.dumps(init), ())
+                self.pid = _zygote.fork_server(
+                    (fd, cmd_r, death_r),
+                    {"init": init, "max_tasks": max_tasks,
+                     "threshold": threshold})
+                try:
+                    self.pidfd = os.pidfd_open(self.pid)
+                except OSError:
+                    pass    # gone already, or no pidfd (Linux < 5.3)
+            elif method == "fork":
                 _flush_std()
                 pid = os.fork()
                 if pid == 0:
-                    code = 0
-                    try:
-                        os.close(self.cmd_w)
-                        os.close(self.death_w)
-                        _server_loop(fd, cmd_r, death_r, init, max_tasks,
-                                     threshold)
-                    except BaseException:
-                        traceback.print_exc()
-                        code = 1
-                    finally:
-                        _flush_std()
-                        os._exit(code)
+                    os.close(self.cmd_w)
+                    os.close(self.death_w)
+                    _zygote.run_and_exit(_server_loop, fd, cmd_r, death_r,
+                                         init, max_tasks, threshold)
                 self.pid = pid
             else:
-                import multiprocessing.spawn as _spawn
                 import subprocess
                 if init is not None:
                     init = (pickle.dumps(init), ())
-                prep = _spawn.get_preparation_data("piston-server")
-                prep.pop("authkey", None)   # not needed, and unpicklable
-                cfg = {"fd": fd, "cmd_r": cmd_r, "death_r": death_r,
-                       "init": init, "max_tasks": max_tasks,
-                       "threshold": threshold, "prep": prep,
-                       "bench": "piston.benchmarks" in sys.modules}
+                cfg = _zygote.preparation("piston-server")
+                cfg.update(fd=fd, cmd_r=cmd_r, death_r=death_r, init=init,
+                           max_tasks=max_tasks, threshold=threshold)
                 blob = pickle.dumps(cfg)
                 self.proc = subprocess.Popen(
                     [sys.executable, "-c",
@@ -300,6 +279,12 @@ class _Server:
             self.cmd_w = -1
         if self.proc is not None:
             self.proc.wait()
+        elif self.pidfd >= 0:
+            # The zygote reaps it; its pidfd turns readable when it exits.
+            select.select([self.pidfd], [], [])
+            os.close(self.pidfd)
+            self.pidfd = -1
+            self.pid = None
         elif self.pid is not None:
             try:
                 os.waitpid(self.pid, 0)
@@ -369,6 +354,7 @@ def _python_exit():
             _close_pool(key)
         except Exception:  # pragma: no cover
             traceback.print_exc()
+    _zygote.shutdown()
 
 
 threading._register_atexit(_python_exit)
@@ -435,16 +421,24 @@ class ProcessPoolExecutor(_cf.Executor):
                      (default 4 GiB); a bigger task raises at submit.
       result_arena_size  the same per worker for results (default 1 GiB);
                      a bigger result fails its future with PistonError.
-    mp_context: None forks the fork server from this process when it has a
-    single thread, else starts it as a fresh interpreter; "fork" always
-    forks it; "spawn"/"forkserver" (or a multiprocessing context) always
-    start a fresh interpreter, from which workers are forked.
+    mp_context: None forks the fork server (which forks the workers) from
+    this process when it has a single thread, else as "forkserver"; "fork"
+    always forks it from this process; "forkserver" forks it from a fresh
+    interpreter started once per process and kept for later pools (as the
+    stdlib's forkserver, prepared from this process when first used);
+    "spawn" starts a fresh interpreter for this pool alone.
     """
 
     def __init__(self, max_workers=None, mp_context=None, initializer=None,
                  initargs=(), max_tasks_per_child=None, *, task_timeout=None,
                  cancel_running=False, arena_size=None,
                  result_arena_size=None):
+        if _zygote.importing_main:
+            raise RuntimeError(
+                "a ProcessPoolExecutor was created while a new process "
+                "imports the main module; guard the code that makes it "
+                "with `if __name__ == '__main__':` (as the stdlib's spawn "
+                "and forkserver start methods require)")
         if max_workers is None:
             max_workers = _default_workers()
         elif max_workers <= 0:
@@ -483,7 +477,7 @@ class ProcessPoolExecutor(_cf.Executor):
         # that first worker itself, before the fork server: the first
         # result then waits for one fork, not two in a row.
         if method is None:
-            method = "fork" if _single_threaded() else "spawn"
+            method = _default_method()
         direct = (method == "fork" and _threads_in_process() == 1
                   and threading.current_thread() is threading.main_thread())
         if direct:
