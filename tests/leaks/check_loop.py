@@ -97,6 +97,39 @@ def sockets(loop):
     loop.run_until_complete(main())
 
 
+def streams(loop):
+    """Connections through the C stream transport: a server, clients that
+    echo, a reset, and a connection refused."""
+    async def echo(reader, writer):
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        for i in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1",
+                                                           port)
+            writer.write(b"x" * (100 + i))
+            await writer.drain()
+            await reader.readexactly(100 + i)
+            if i % 5 == 0:
+                writer.transport.abort()
+            else:
+                writer.close()
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        try:
+            await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            pass
+
+    loop.run_until_complete(main())
+
+
 def loops(loop):
     for _ in range(20):
         lp = piston.new_event_loop()
@@ -118,8 +151,8 @@ def exceptions(loop):
     loop.set_exception_handler(None)
 
 
-CHECKS = {f.__name__: f for f in (callbacks, tasks, executor, sockets, loops,
-                                   exceptions)}
+CHECKS = {f.__name__: f for f in (callbacks, tasks, executor, sockets,
+                                   streams, loops, exceptions)}
 
 
 def measure():
