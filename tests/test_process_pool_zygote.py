@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import piston_pythonpath, require_piston
 from test_process_pool_faults import assert_all_exit, run_script
 
@@ -223,3 +225,43 @@ def test_unguarded_main_script_gets_a_clear_error_and_no_hang(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["result", "16"], p.stdout
     assert "if __name__ == '__main__':" in p.stderr, p.stderr
+
+
+def test_unpicklable_initializer_raises_at_the_call_and_leaks_nothing():
+    out = run_threaded("""
+        import pickle
+        from test_process_pool_faults import fd_count, identity
+        with piston.ProcessPoolExecutor(1) as ex:   # the zygote is up
+            assert ex.submit(square, 2).result(timeout=60) == 4
+        before = fd_count()
+        for _ in range(3):
+            try:
+                piston.ProcessPoolExecutor(1, initializer=identity,
+                                           initargs=(threading.Lock(),))
+            except (pickle.PicklingError, TypeError) as e:
+                assert "lock" in str(e), e
+            else:
+                raise AssertionError("no error at the call")
+        assert fd_count() == before, (before, fd_count())
+        with piston.ProcessPoolExecutor(1) as ex:   # the zygote still serves
+            assert ex.submit(square, 3).result(timeout=60) == 9
+        print("ok")
+    """)
+    assert out.split() == ["ok"]
+
+
+def test_closure_initializer_travels_with_cloudpickle():
+    pytest.importorskip("cloudpickle")
+    out = run_threaded("""
+        box = {}
+        def init(v):
+            import builtins
+            builtins._piston_zygote_marker = (v, len(box))
+        with piston.ProcessPoolExecutor(1, initializer=init,
+                                        initargs=("closure",)) as ex:
+            assert ex._server.method == "forkserver"
+            got = ex.submit(eval, "_piston_zygote_marker").result(timeout=60)
+        assert got == ("closure", 0), got
+        print("ok")
+    """)
+    assert out.split() == ["ok"]

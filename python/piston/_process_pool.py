@@ -203,6 +203,17 @@ def _single_threaded(grace=0.005):
     return False
 
 
+def _pickled_init(init):
+    """(initializer, initargs) as they travel to a fresh interpreter's fork
+    server.  cloudpickle, when installed, also carries closures and what
+    the main module defines but a fresh interpreter cannot import (`-c`, a
+    notebook).  Raises here, at the executor's construction, if it cannot
+    be pickled."""
+    if init is None:
+        return None
+    return ((_cloud_dumps or pickle.dumps)(init), ())
+
+
 def _default_method():
     """A fork of a single-threaded parent is safe and fastest; with threads
     around, the fork server comes from the zygote (a fresh interpreter
@@ -226,8 +237,7 @@ class _Server:
         self.method = method
         try:
             if method == "forkserver":
-                if init is not None:
-                    init = (pickle.dumps(init), ())
+                init = _pickled_init(init)
                 self.pid = _zygote.fork_server(
                     (fd, cmd_r, death_r),
                     {"init": init, "max_tasks": max_tasks,
@@ -247,8 +257,7 @@ class _Server:
                 self.pid = pid
             else:
                 import subprocess
-                if init is not None:
-                    init = (pickle.dumps(init), ())
+                init = _pickled_init(init)
                 cfg = _zygote.preparation("piston-server")
                 cfg.update(fd=fd, cmd_r=cmd_r, death_r=death_r, init=init,
                            max_tasks=max_tasks, threshold=threshold)
@@ -261,6 +270,10 @@ class _Server:
                 self.pid = self.proc.pid
                 self.proc.stdin.write(blob)
                 self.proc.stdin.close()
+        except BaseException:
+            os.close(self.cmd_w)
+            os.close(self.death_w)
+            raise
         finally:
             os.close(cmd_r)
             os.close(death_r)

@@ -234,13 +234,15 @@ def fork_server(fds, cfg):
                 _zygote = _Zygote()
             try:
                 return _zygote.fork_server(fds, cfg)
-            except (OSError, EOFError):
-                dead, _zygote = _zygote, None
+            except BaseException as exc:
+                # Dead, or interrupted half way (Ctrl-C): its reply would
+                # answer the next request.  Closing lets it exit.
+                stale, _zygote = _zygote, None
                 try:
-                    dead.close()
+                    stale.close()
                 except OSError:
                     pass
-                if attempt:
+                if attempt or not isinstance(exc, (OSError, EOFError)):
                     raise
 
 
