@@ -265,3 +265,30 @@ def test_closure_initializer_travels_with_cloudpickle():
         print("ok")
     """)
     assert out.split() == ["ok"]
+
+
+def test_spare_fork_server_killed_is_replaced():
+    # The zygote forks a spare fork server while idle; a pool made after
+    # that spare died gets a new one.
+    out = run_threaded("""
+        with piston.ProcessPoolExecutor(1) as ex:
+            assert ex.submit(square, 2).result(timeout=60) == 4
+        zpid = _zygote._zygote.proc.pid
+
+        def spares():
+            with open("/proc/%d/task/%d/children" % (zpid, zpid)) as fh:
+                return [int(p) for p in fh.read().split()]
+
+        deadline = time.monotonic() + 10
+        while not spares():
+            assert time.monotonic() < deadline, "no spare forked"
+            time.sleep(0.01)
+        for pid in spares():
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+        with piston.ProcessPoolExecutor(1) as ex:
+            assert ex.submit(square, 5).result(timeout=60) == 25
+            assert ppid(ex._server.pid) == zpid
+        print("ok")
+    """)
+    assert out.split() == ["ok"]

@@ -97,30 +97,82 @@ class ChildEvents:
         os.close(self._w)
 
 
-def _serve(sock):
-    """The zygote's loop: a fork server per request, zombies reaped."""
+def _send_request(sock, cfg, fds):
+    body = pickle.dumps(cfg)
+    msg = _HEADER.pack(len(body)) + body
+    sent = socket.send_fds(sock, [msg], fds)
+    if sent < len(msg):
+        sock.sendall(msg[sent:])
+
+
+def _fork_spare(events, *inherited):
+    """Forks a fork server that waits for its pool: forked ahead, so a
+    pool's request only hands it the pool's fds, with no fork (nor the
+    child's first copy-on-write faults) in the way.  Returns (pid, socket);
+    closing the socket lets an unused spare exit."""
     from piston import _process_pool
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    _process_pool._flush_std()
+    pid = os.fork()
+    if pid == 0:
+        for s in (mine,) + inherited:
+            s.close()
+        events.close()
+        try:
+            req = _recv_request(theirs)
+        except (EOFError, ConnectionError):
+            req = None
+        if req is None:
+            os._exit(0)
+        theirs.close()
+        cfg, (fd, cmd_r, death_r) = req
+        run_and_exit(_process_pool._server_loop, fd, cmd_r, death_r,
+                     cfg["init"], cfg["max_tasks"], cfg["threshold"])
+    theirs.close()
+    return pid, mine
+
+
+# How long the zygote waits after a request before it forks the next spare:
+# a pool's start-up (its first worker's fork, the first task) should not
+# share the CPUs with that fork.
+_SPARE_DELAY = 0.05
+
+
+def _serve(sock):
+    """The zygote's loop: each request gets the spare fork server, forked
+    ahead while idle (or now, if there is none); exited servers are
+    reaped."""
     events = ChildEvents()
+    spare = None
     while True:
         for _ in events.reaped():   # the fork servers that have exited
             pass
-        if sock not in events.wait([sock]):
+        ready = events.wait([sock], None if spare else _SPARE_DELAY)
+        if sock not in ready:
+            if spare is None:
+                spare = _fork_spare(events, sock)
             continue
         try:
             req = _recv_request(sock)
         except (EOFError, ConnectionError):
             req = None
         if req is None:
+            if spare is not None:
+                spare[1].close()
             return
         cfg, fds = req
-        _process_pool._flush_std()
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            events.close()
-            fd, cmd_r, death_r = fds
-            run_and_exit(_process_pool._server_loop, fd, cmd_r, death_r,
-                         cfg["init"], cfg["max_tasks"], cfg["threshold"])
+        for attempt in (0, 1):
+            pid, to_spare = spare or _fork_spare(events, sock)
+            spare = None
+            try:
+                _send_request(to_spare, cfg, fds)
+            except OSError:
+                if attempt:
+                    raise
+                continue            # the spare died: fork another
+            finally:
+                to_spare.close()
+            break
         for f in fds:
             os.close(f)
         sock.sendall(_HEADER.pack(pid))
@@ -207,11 +259,7 @@ class _Zygote:
     def fork_server(self, fds, cfg):
         """The pid of a fork server forked for a pool; `fds` are the pool's
         memfd and its command and death pipes' read ends (kept open here)."""
-        body = pickle.dumps(cfg)
-        msg = _HEADER.pack(len(body)) + body
-        sent = socket.send_fds(self.sock, [msg], fds)
-        if sent < len(msg):
-            self.sock.sendall(msg[sent:])
+        _send_request(self.sock, cfg, fds)
         (pid,) = _HEADER.unpack(_recv_exact(self.sock, _HEADER.size))
         return pid
 
