@@ -277,12 +277,7 @@ pickle:
         Py_END_ALLOW_THREADS
     }
     s->status = status;
-    Py_XDECREF(out);
-    Py_XDECREF(sink);
-    Py_XDECREF(payload);
-    Py_XDECREF(result);
-    Py_XDECREF(exc);
-    return 0;
+    goto done;
 
 fatal_text:
     PyErr_Clear();
@@ -293,6 +288,7 @@ fatal_text:
         s->msg.body_len = sizeof(msg) - 1;
         s->status = PN_RES_ERROR;
     }
+done:
     Py_XDECREF(out);
     Py_XDECREF(sink);
     Py_XDECREF(payload);

@@ -236,8 +236,9 @@ class _Server:
             method = _default_method()
         self.method = method
         try:
+            if method != "fork":
+                init = _pickled_init(init)      # to a fresh interpreter
             if method == "forkserver":
-                init = _pickled_init(init)
                 self.pid = _zygote.fork_server(
                     (fd, cmd_r, death_r),
                     {"init": init, "max_tasks": max_tasks,
@@ -257,7 +258,6 @@ class _Server:
                 self.pid = pid
             else:
                 import subprocess
-                init = _pickled_init(init)
                 cfg = _zygote.preparation("piston-server")
                 cfg.update(fd=fd, cmd_r=cmd_r, death_r=death_r, init=init,
                            max_tasks=max_tasks, threshold=threshold)

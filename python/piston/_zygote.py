@@ -4,8 +4,8 @@ kept, that forks the fork server of each process pool made later.
 A process with threads must not fork itself, and starting a fresh
 interpreter for every pool costs tens of milliseconds.  The zygote pays
 that once: each later pool sends it the pool's shared-memory fd and pipes
-(SCM_RIGHTS over a Unix socket) and gets back the pid of a fork server
-forked from it in about a millisecond.  Like the stdlib's "forkserver"
+(SCM_RIGHTS over a Unix socket), which it hands to a spare fork server it
+forked ahead of time, and gets back that server's pid.  Like the stdlib's "forkserver"
 start method, the zygote's interpreter is prepared once (sys.path, the main
 module) from the process that started it.
 
@@ -252,7 +252,6 @@ class _Zygote:
         finally:
             theirs.close()
         self.sock = mine
-        self.owner = os.getpid()
         self.proc.stdin.write(pickle.dumps(cfg))
         self.proc.stdin.close()
 
