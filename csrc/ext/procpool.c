@@ -1105,6 +1105,15 @@ typedef struct {
     pool *p;
 } ready_arg;
 
+/* A started worker's control-block state `cs` that only the collector
+ * handles: it came up, its initializer failed, or it exited. */
+static inline int
+worker_changed(const worker *w, uint32_t cs)
+{
+    return cs == PN_W_EXITED || cs == PN_W_INITFAIL
+           || (cs == PN_W_READY && !w->was_ready);
+}
+
 static int
 any_done(void *arg)
 {
@@ -1119,8 +1128,7 @@ any_done(void *arg)
         }
         pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
         uint32_t cs = atomic_load_explicit(&ctl->state, memory_order_acquire);
-        if (cs == PN_W_EXITED || cs == PN_W_INITFAIL
-            || (cs == PN_W_READY && !w->was_ready)) {
+        if (worker_changed(w, cs)) {
             return 1;
         }
         uint64_t idx = w->collected;
@@ -1147,8 +1155,7 @@ check_workers_locked(pool *p, int heartbeat, int *events)
         }
         pn_worker_ctl *ctl = pn_shm_ctl(&p->shm, k);
         uint32_t cs = atomic_load_explicit(&ctl->state, memory_order_acquire);
-        if (cs == PN_W_EXITED || cs == PN_W_INITFAIL
-            || (cs == PN_W_READY && !w->was_ready)) {
+        if (worker_changed(w, cs)) {
             *events = 1;
         }
         if (w->pidfd < 0) {
