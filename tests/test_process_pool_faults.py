@@ -602,6 +602,39 @@ def test_first_worker_direct_child_reaped_and_healed():
     assert p.returncode == 0 and out.split() == ["ok"], (out, err)
 
 
+def test_a_thread_that_stays_is_waited_for_once():
+    # A thread threading does not know (as a BLAS pool's) keeps the process
+    # multi-threaded: the first check gives it the grace to end, later
+    # checks see it is the same thread and answer at once.  Once it ends,
+    # pools fork again.
+    p = run_script("""
+        import _thread, threading, time
+        import piston
+        from piston import _process_pool as pp
+        from test_process_pool_faults import square
+        stop = threading.Event()
+        _thread.start_new_thread(stop.wait, ())
+        assert not pp._single_threaded(grace=0.2)
+        t0 = time.monotonic()
+        assert not pp._single_threaded(grace=30)
+        assert time.monotonic() - t0 < 10, "waited for a known thread"
+        with piston.ProcessPoolExecutor(1) as ex:
+            assert ex._server.method == "forkserver", ex._server.method
+            assert ex.submit(square, 3).result(timeout=60) == 9
+        stop.set()
+        deadline = time.monotonic() + 10
+        while not pp._single_threaded():
+            assert time.monotonic() < deadline, "the thread never ended"
+        assert not pp._lasting_threads, pp._lasting_threads
+        with piston.ProcessPoolExecutor(1) as ex:
+            assert ex._server.method == "fork", ex._server.method
+            assert ex.submit(square, 4).result(timeout=60) == 16
+        print("ok", flush=True)
+    """)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and out.split() == ["ok"], (out, err)
+
+
 def test_shutdown_with_a_later_fork_pool_alive():
     # The later pool's workers inherit the fork server's command pipe:
     # shutdown must not wait for that pipe's EOF.

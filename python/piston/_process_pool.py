@@ -17,14 +17,8 @@ import threading
 import time
 import traceback
 
-from piston import _piston, _zygote
-
-try:  # lambdas and closures travel too when cloudpickle is installed
-    import cloudpickle as _cloudpickle
-
-    _cloud_dumps = _cloudpickle.dumps
-except ImportError:  # pragma: no cover - depends on the environment
-    _cloud_dumps = None
+from piston import _fork_server, _piston, _zygote
+from piston._fork_server import cloud_dumps as _cloud_dumps
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -51,11 +45,6 @@ def _rebuild_exc(obj):
     return exc
 
 
-def _format_exc(exc):
-    return "".join(traceback.format_exception(type(exc), exc,
-                                              exc.__traceback__))
-
-
 def _run_chunk(fn, chunk):
     return list(itertools.starmap(fn, chunk))
 
@@ -65,122 +54,23 @@ def _run_chunk1(fn, chunk):
     return list(map(fn, chunk))
 
 
-# ---------------------------------------------------------------- workers
-
-def _worker(fd, slot, gen, init, max_tasks, threshold):
-    """Body of a worker process (forked by the fork server)."""
-    if init is not None:
-        initializer, initargs = init
-        if isinstance(initializer, bytes):
-            initializer, initargs = pickle.loads(initializer)
-        try:
-            initializer(*initargs)
-        except BaseException as exc:
-            _piston._procpool_report(fd, slot, os.getpid(), 0,
-                                     _format_exc(exc))
-            return 1
-    _piston._procpool_worker_main(fd, slot, gen, max_tasks or 0,
-                                  pickle.dumps, pickle.loads, _cloud_dumps,
-                                  _format_exc, threshold)
-    return 0
-
-
-def _worker_child(fd, slot, gen, init, max_tasks, threshold, parent):
-    """In a freshly forked worker: Ctrl-C is the parent's business, signal
-    wake-ups are not ours, and the worker dies with `parent`.  Never
-    returns."""
-    code = 1
+def _other_threads():
+    """Kernel thread ids of this process other than the calling thread."""
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _piston._procpool_set_pdeathsig(signal.SIGKILL, parent)
-        code = _worker(fd, slot, gen, init, max_tasks, threshold)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        _flush_std()
-        os._exit(code)
-
-
-def _flush_std():
-    for f in (sys.stdout, sys.stderr):
-        try:
-            if f is not None:
-                f.flush()
-        except Exception:
-            pass
-
-
-def _server_loop(fd, cmd_r, death_r, init, max_tasks, threshold):
-    """The fork server: forks a worker per request from the parent, reaps
-    them and reports each exit (with its wait status) into shared memory.
-    Exits, killing its workers, when the parent dies (death_r reads EOF);
-    exits once its workers are gone after the parent closes cmd_r."""
-    me = os.getpid()
-    events = _zygote.ChildEvents()
-    children = {}
-    closing = False
-    buf = b""
-
-    while True:
-        for pid, status in events.reaped() if children else ():
-            slot = children.pop(pid, None)
-            if slot is not None:
-                _piston._procpool_report(fd, slot, pid, status)
-        if closing and not children:
-            return
-        ready = events.wait([death_r] + ([] if closing else [cmd_r]), 1.0)
-        if death_r in ready:
-            # The parent is gone: nobody can use the results.
-            for pid in list(children):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return
-        if cmd_r in ready:
-            data = os.read(cmd_r, 4096)
-            if not data:
-                closing = True
-                continue
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line == b"quit":
-                    # Said outright: processes forked from the parent
-                    # later (a stdlib pool's workers) hold the pipe's
-                    # write end too, so its EOF may never come.
-                    closing = True
-                    continue
-                slot, gen = map(int, line.split())
-                _flush_std()
-                pid = os.fork()
-                if pid == 0:
-                    events.close()
-                    os.close(cmd_r)
-                    os.close(death_r)
-                    _worker_child(fd, slot, gen, init, max_tasks, threshold,
-                                  me)
-                children[pid] = slot
-                _piston._procpool_report(fd, slot, pid, -1)
-
-
-def _server_entry():
-    """Entry point of an exec'd (spawn/forkserver) fork server."""
-    cfg = pickle.load(sys.stdin.buffer)
-    sys.stdin.close()
-    _zygote.prepare(cfg)
-    _zygote.run_and_exit(_server_loop, cfg["fd"], cfg["cmd_r"],
-                         cfg["death_r"], cfg["init"], cfg["max_tasks"],
-                         cfg["threshold"])
+        tids = set(map(int, os.listdir("/proc/self/task")))
+    except OSError:  # pragma: no cover
+        return set(range(threading.active_count() - 1))
+    tids.discard(threading.get_native_id())
+    return tids
 
 
 def _threads_in_process():
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:  # pragma: no cover
-        return threading.active_count()
+    return len(_other_threads()) + 1
+
+
+# Threads seen to outlast the grace below: not a pool's thread tearing
+# down but one that stays (a BLAS pool), so later checks need not wait.
+_lasting_threads = set()
 
 
 def _single_threaded(grace=0.005):
@@ -188,18 +78,23 @@ def _single_threaded(grace=0.005):
     thread whose Python part has ended (stdlib pools join theirs at
     shutdown) can still be tearing down in the kernel for a fraction of a
     millisecond: when no other Python thread is left, such threads get
-    `grace` seconds to go.  Threads that stay (a BLAS pool) cost that wait,
-    then a fresh interpreter, as any other thread would."""
-    if _threads_in_process() == 1:
+    `grace` seconds to go.  A thread still there after the grace is
+    remembered as lasting: while one is around, the answer is False at
+    once, with no wait."""
+    others = _other_threads()
+    _lasting_threads.intersection_update(others)    # the gone are forgotten
+    if not others:
         return True
-    if threading.active_count() != 1:
+    if threading.active_count() != 1 or others & _lasting_threads:
         return False
     # Polled, not slept: a short sleep can take milliseconds on a busy
     # machine, longer than the thread takes to go.
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if _threads_in_process() == 1:
+        others = _other_threads()
+        if not others:
             return True
+    _lasting_threads.update(others)
     return False
 
 
@@ -226,7 +121,7 @@ class _Server:
     ("fork"), from the process-wide zygote ("forkserver"), or started as a
     fresh interpreter of its own ("spawn")."""
 
-    def __init__(self, fd, method, init, max_tasks, threshold):
+    def __init__(self, fd, method, init, max_tasks, threshold, budget):
         cmd_r, self.cmd_w = os.pipe2(os.O_CLOEXEC)
         death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
         self.proc = None
@@ -242,30 +137,32 @@ class _Server:
                 self.pid = _zygote.fork_server(
                     (fd, cmd_r, death_r),
                     {"init": init, "max_tasks": max_tasks,
-                     "threshold": threshold})
+                     "threshold": threshold, "budget": budget})
                 try:
                     self.pidfd = os.pidfd_open(self.pid)
                 except OSError:
                     pass    # gone already, or no pidfd (Linux < 5.3)
             elif method == "fork":
-                _flush_std()
+                _fork_server.flush_std()
                 pid = os.fork()
                 if pid == 0:
                     os.close(self.cmd_w)
                     os.close(self.death_w)
-                    _zygote.run_and_exit(_server_loop, fd, cmd_r, death_r,
-                                         init, max_tasks, threshold)
+                    _zygote.run_and_exit(_fork_server.serve, fd, cmd_r,
+                                         death_r, init, max_tasks, threshold,
+                                         budget)
                 self.pid = pid
             else:
                 import subprocess
                 cfg = _zygote.preparation("piston-server")
                 cfg.update(fd=fd, cmd_r=cmd_r, death_r=death_r, init=init,
-                           max_tasks=max_tasks, threshold=threshold)
+                           max_tasks=max_tasks, threshold=threshold,
+                           budget=budget)
                 blob = pickle.dumps(cfg)
                 self.proc = subprocess.Popen(
                     [sys.executable, "-c",
-                     "from piston._process_pool import _server_entry; "
-                     "_server_entry()"],
+                     "from piston._fork_server import server_entry; "
+                     "server_entry()"],
                     stdin=subprocess.PIPE, pass_fds=(fd, cmd_r, death_r))
                 self.pid = self.proc.pid
                 self.proc.stdin.write(blob)
@@ -321,11 +218,12 @@ class _DirectSpawner:
         self.args = (init, max_tasks, threshold)
 
     def __call__(self, slot, gen):
-        _flush_std()
+        _fork_server.flush_std()
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _worker_child(self.core.fd, slot, gen, *self.args, parent)
+            _fork_server.worker_child(self.core.fd, slot, gen, *self.args,
+                                      parent)
         self.core._adopt(slot, pid)
 
 
@@ -372,6 +270,7 @@ def _python_exit():
 
 threading._register_atexit(_python_exit)
 os.register_at_fork(after_in_child=_live.clear)
+os.register_at_fork(after_in_child=_lasting_threads.clear)
 
 
 def _default_workers():
@@ -499,7 +398,7 @@ class ProcessPoolExecutor(_cf.Executor):
                                              _OOB_THRESHOLD))
             core.start_workers(1)
         server = _Server(core.fd, method, init, max_tasks_per_child,
-                         _OOB_THRESHOLD)
+                         _OOB_THRESHOLD, max_workers - (1 if direct else 0))
         core._set_spawner(_Spawner(server))
         core.start(server.pid)
         if not direct:

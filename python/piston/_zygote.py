@@ -36,7 +36,7 @@ def _recv_exact(sock, n):
     return data
 
 
-def _recv_request(sock):
+def recv_request(sock):
     """(config, fds), or None at EOF."""
     first, fds, _, _ = socket.recv_fds(sock, 65536, 3)
     if not first:
@@ -97,7 +97,7 @@ class ChildEvents:
         os.close(self._w)
 
 
-def _send_request(sock, cfg, fds):
+def send_request(sock, cfg, fds):
     body = pickle.dumps(cfg)
     msg = _HEADER.pack(len(body)) + body
     sent = socket.send_fds(sock, [msg], fds)
@@ -108,34 +108,40 @@ def _send_request(sock, cfg, fds):
 def _fork_spare(events, *inherited):
     """Forks a fork server that waits for its pool: forked ahead, so a
     pool's request only hands it the pool's fds, with no fork (nor the
-    child's first copy-on-write faults) in the way.  Returns (pid, socket);
-    closing the socket lets an unused spare exit."""
-    from piston import _process_pool
+    child's first copy-on-write faults) in the way.  The spare forks its
+    first worker ahead too (a standby, see _fork_server).  Returns (pid,
+    socket); closing the socket lets an unused spare exit."""
+    from piston import _fork_server
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    _process_pool._flush_std()
+    _fork_server.flush_std()
     pid = os.fork()
     if pid == 0:
         for s in (mine,) + inherited:
             s.close()
         events.close()
+        standby = _fork_server.Standby(None, theirs.close)
         try:
-            req = _recv_request(theirs)
+            req = recv_request(theirs)
         except (EOFError, ConnectionError):
             req = None
-        if req is None:
-            os._exit(0)
         theirs.close()
+        if req is None:
+            standby.close()
+            os.waitpid(standby.pid, 0)
+            os._exit(0)
         cfg, (fd, cmd_r, death_r) = req
-        run_and_exit(_process_pool._server_loop, fd, cmd_r, death_r,
-                     cfg["init"], cfg["max_tasks"], cfg["threshold"])
+        run_and_exit(_fork_server.serve, fd, cmd_r, death_r, cfg["init"],
+                     cfg["max_tasks"], cfg["threshold"], cfg["budget"],
+                     standby)
     theirs.close()
     return pid, mine
 
 
-# How long the zygote waits after a request before it forks the next spare:
-# a pool's start-up (its first worker's fork, the first task) should not
-# share the CPUs with that fork.
-_SPARE_DELAY = 0.05
+# How long a helper (the zygote, a fork server) waits after a request
+# before it forks ahead (a spare server, a standby worker): a pool's
+# start-up (its first worker, the first task) should not share the CPUs
+# with that fork.
+IDLE_FORK_DELAY = 0.05
 
 
 def _serve(sock):
@@ -147,13 +153,13 @@ def _serve(sock):
     while True:
         for _ in events.reaped():   # the fork servers that have exited
             pass
-        ready = events.wait([sock], None if spare else _SPARE_DELAY)
+        ready = events.wait([sock], None if spare else IDLE_FORK_DELAY)
         if sock not in ready:
             if spare is None:
                 spare = _fork_spare(events, sock)
             continue
         try:
-            req = _recv_request(sock)
+            req = recv_request(sock)
         except (EOFError, ConnectionError):
             req = None
         if req is None:
@@ -165,7 +171,7 @@ def _serve(sock):
             pid, to_spare = spare or _fork_spare(events, sock)
             spare = None
             try:
-                _send_request(to_spare, cfg, fds)
+                send_request(to_spare, cfg, fds)
             except OSError:
                 if attempt:
                     raise
@@ -222,7 +228,7 @@ def run_and_exit(fn, *args):
     """Runs a helper process's main loop, then leaves at once: no
     interpreter shutdown, which would wait for any thread the re-imported
     main module started."""
-    from piston import _process_pool
+    from piston import _fork_server
     code = 0
     try:
         fn(*args)
@@ -230,7 +236,7 @@ def run_and_exit(fn, *args):
         traceback.print_exc()
         code = 1
     finally:
-        _process_pool._flush_std()
+        _fork_server.flush_std()
         os._exit(code)
 
 
@@ -258,7 +264,7 @@ class _Zygote:
     def fork_server(self, fds, cfg):
         """The pid of a fork server forked for a pool; `fds` are the pool's
         memfd and its command and death pipes' read ends (kept open here)."""
-        _send_request(self.sock, cfg, fds)
+        send_request(self.sock, cfg, fds)
         (pid,) = _HEADER.unpack(_recv_exact(self.sock, _HEADER.size))
         return pid
 
