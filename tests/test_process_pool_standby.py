@@ -250,3 +250,30 @@ def test_a_one_worker_forked_pool_keeps_no_standby():
         print("ok")
     """)
     assert out.split() == ["ok"]
+
+
+def test_a_standby_that_cannot_be_forked_leaves_the_pool_working():
+    # Out of processes or memory: the standby is only ahead of need, so
+    # the server goes on and forks each worker when asked.
+    out = run("""
+        import errno
+        from piston import _fork_server
+
+        def no_fork(self, pool, in_child):
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        _fork_server.Standby.__init__ = no_fork     # the server is a copy
+        with piston.ProcessPoolExecutor(3, mp_context="fork") as ex:
+            fs = [ex.submit(wait_for_go, go)]
+            grown_to(ex, 2)
+            time.sleep(0.3)                 # well past the idle delay
+            assert sorted(children(ex._server.pid)) == sorted(
+                set(ex._worker_pids()) - set(children(os.getpid())))
+            fs += [ex.submit(wait_for_go, go) for _ in range(2)]
+            grown_to(ex, 3)
+            open(go, "w").close()
+            assert len({f.result(timeout=60) for f in fs}) == 3
+            assert ex.submit(square, 5).result(timeout=60) == 25
+        print("ok")
+    """)
+    assert out.split() == ["ok"]

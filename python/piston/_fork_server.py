@@ -136,6 +136,15 @@ class Standby:
             self.sock = None
 
 
+def fork_standby(pool, in_child):
+    """A Standby, or None if it cannot be forked now (out of processes or
+    memory): it is only ahead of need, a request forks then."""
+    try:
+        return Standby(pool, in_child)
+    except OSError:
+        return None
+
+
 def _standby_child(sock, pool, parent):
     """The standby's wait for its slot; then it is a worker.  Never
     returns."""
@@ -215,8 +224,11 @@ def serve(fd, cmd_r, death_r, init, max_tasks, threshold, budget,
                                       for s in children.values()) < budget)):
             timeout = last_request + _zygote.IDLE_FORK_DELAY - time.monotonic()
             if timeout <= 0:
-                standby = Standby(pool, in_child)
-                children[standby.pid] = None
+                standby = fork_standby(pool, in_child)
+                if standby is None:
+                    last_request = time.monotonic()     # try again later
+                else:
+                    children[standby.pid] = None
                 continue
         ready = events.wait([death_r] + ([] if closing else [cmd_r]), timeout)
         if death_r in ready:

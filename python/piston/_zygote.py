@@ -119,15 +119,16 @@ def _fork_spare(events, *inherited):
         for s in (mine,) + inherited:
             s.close()
         events.close()
-        standby = _fork_server.Standby(None, theirs.close)
+        standby = _fork_server.fork_standby(None, theirs.close)
         try:
             req = recv_request(theirs)
         except (EOFError, ConnectionError):
             req = None
         theirs.close()
         if req is None:
-            standby.close()
-            os.waitpid(standby.pid, 0)
+            if standby is not None:
+                standby.close()
+                os.waitpid(standby.pid, 0)
             os._exit(0)
         cfg, (fd, cmd_r, death_r) = req
         run_and_exit(_fork_server.serve, fd, cmd_r, death_r, cfg["init"],
