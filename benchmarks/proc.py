@@ -9,6 +9,7 @@ import gc
 import json
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
 import time
@@ -280,13 +281,14 @@ def _startup_samples(reps):
             lambda ctx=ctx: concurrent.futures.ProcessPoolExecutor(
                 WORKERS, mp_context=ctx))
     samples = {k: [] for k in makers}
-    names = list(makers)
+    order = list(makers)
+    shuffle = random.Random(4).shuffle      # the same orders every run
     for rep in range(reps):
-        # Each rep starts at the next maker: what ran just before a sample
-        # (a 100 ms spawn, or the same fork path warm from a moment ago)
-        # moves it by a millisecond or two, so every maker gets every place.
-        k = rep % len(names)
-        for name in names[k:] + names[:k]:
+        # What ran just before a sample (a 100 ms spawn, or the same fork
+        # path warm from a moment ago) moves it by a millisecond or two:
+        # each rep takes the makers in a new order.
+        shuffle(order)
+        for name in order:
             gc.collect()
             t0 = time.perf_counter()
             ex = makers[name]()
@@ -341,8 +343,8 @@ def startup(h):
         "single-threaded process; with threads (numpy's BLAS pool counts) "
         "the fork server comes from piston's zygote (an interpreter started "
         "by the first such pool and kept; that start is one of the samples) "
-        "with its first worker forked ahead; the makers' order rotates "
-        "from rep to rep")
+        "with its first worker forked ahead; each rep takes the makers in a "
+        "new order")
     rows[1].note = (
         "informational: in a process this large each fork costs milliseconds "
         "and both the stdlib's fork and piston's fork path fork it twice "

@@ -149,6 +149,7 @@ def _standby_child(sock, pool, parent):
     """The standby's wait for its slot; then it is a worker.  Never
     returns."""
     req = None
+    code = 0
     try:
         _piston._procpool_set_pdeathsig(signal.SIGKILL, parent)
         req = _zygote.recv_request(sock)
@@ -156,10 +157,11 @@ def _standby_child(sock, pool, parent):
         pass                        # closed unassigned
     except BaseException:
         traceback.print_exc()
+        code = 1
     finally:
         if req is None:
             flush_std()
-            os._exit(0)
+            os._exit(code)
     sock.close()
     cfg, fds = req
     if pool is None:

@@ -4,7 +4,8 @@ pool that moves tasks through shared memory and heals itself.
 The per-task path is C (csrc/ext/procpool.c): submit pickles and writes the
 task into a worker's ring in a memfd; a C collector thread completes the
 futures.  This module holds what is off that path: argument checks, the
-fork server that starts workers, map()'s chunking and progress, shutdown.
+handle on the fork server that starts workers (its loop and the workers'
+bodies are in _fork_server.py), map()'s chunking and progress, shutdown.
 """
 import concurrent.futures as _cf
 import itertools
