@@ -148,6 +148,16 @@ def run_script(body, timeout=60, **popen):
                             stderr=subprocess.PIPE, text=True, **popen)
 
 
+def run_clean(body, timeout=120):
+    """Runs `body` in a fresh interpreter; its stdout, once it exited 0
+    without a traceback on stderr."""
+    p = run_script(body)
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, (out, err)
+    assert "Traceback" not in err, err
+    return out
+
+
 # ---- dead workers -------------------------------------------------------------
 
 def test_kill9_mid_task_fails_only_that_task(pool):

@@ -8,7 +8,7 @@ import textwrap
 import time
 
 from conftest import require_piston
-from test_process_pool_faults import assert_all_exit, run_script
+from test_process_pool_faults import assert_all_exit, run_clean, run_script
 
 require_piston()
 
@@ -83,11 +83,7 @@ def run(body, threaded=False, timeout=120):
     src = textwrap.dedent(HELPERS)
     if threaded:
         src += textwrap.dedent(THREADED)
-    p = run_script(src + textwrap.dedent(body))
-    out, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, (out, err)
-    assert "Traceback" not in err, err
-    return out
+    return run_clean(src + textwrap.dedent(body), timeout)
 
 
 def test_a_zygote_pools_first_worker_was_forked_before_the_pool():

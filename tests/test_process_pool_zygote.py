@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from conftest import piston_pythonpath, require_piston
-from test_process_pool_faults import assert_all_exit, run_script
+from test_process_pool_faults import assert_all_exit, run_clean, run_script
 
 require_piston()
 
@@ -35,11 +35,7 @@ def threaded(body):
 
 
 def run_threaded(body, timeout=120):
-    p = run_script(threaded(body))
-    out, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, (out, err)
-    assert "Traceback" not in err, err
-    return out
+    return run_clean(threaded(body), timeout)
 
 
 def test_pools_in_a_threaded_process_share_one_zygote():
