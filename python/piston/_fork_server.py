@@ -16,7 +16,6 @@ max_tasks_per_child tasks.
 import os
 import pickle
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -95,22 +94,13 @@ class Standby:
     __slots__ = ("pid", "sock", "knows_pool")
 
     def __init__(self, pool, in_child):
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        flush_std()
         parent = os.getpid()
-        try:
-            pid = os.fork()
-        except BaseException:
-            mine.close()
-            theirs.close()
-            raise
-        if pid == 0:
-            mine.close()
+
+        def standby(theirs):
             in_child()
             _standby_child(theirs, pool, parent)
-        theirs.close()
-        self.pid = pid
-        self.sock = mine
+
+        self.pid, self.sock = _zygote.fork_connected(standby)
         self.knows_pool = pool is not None
 
     def assign(self, slot, gen, pool):
@@ -148,13 +138,11 @@ def fork_standby(pool, in_child):
 def _standby_child(sock, pool, parent):
     """The standby's wait for its slot; then it is a worker.  Never
     returns."""
-    req = None
+    req = None                      # None: closed unassigned
     code = 0
     try:
         _piston._procpool_set_pdeathsig(signal.SIGKILL, parent)
         req = _zygote.recv_request(sock)
-    except (EOFError, ConnectionError):
-        pass                        # closed unassigned
     except BaseException:
         traceback.print_exc()
         code = 1

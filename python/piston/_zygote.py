@@ -5,9 +5,9 @@ A process with threads must not fork itself, and starting a fresh
 interpreter for every pool costs tens of milliseconds.  The zygote pays
 that once: each later pool sends it the pool's shared-memory fd and pipes
 (SCM_RIGHTS over a Unix socket), which it hands to a spare fork server it
-forked ahead of time, and gets back that server's pid.  Like the stdlib's "forkserver"
-start method, the zygote's interpreter is prepared once (sys.path, the main
-module) from the process that started it.
+forked ahead of time, and gets back that server's pid.  Like the stdlib's
+"forkserver" start method, the zygote's interpreter is prepared once
+(sys.path, the main module) from the process that started it.
 
 It exits when this process closes its socket: at interpreter exit, or when
 this process dies.  A forked child of this process starts its own.
@@ -37,7 +37,14 @@ def _recv_exact(sock, n):
 
 
 def recv_request(sock):
-    """(config, fds), or None at EOF."""
+    """(config, fds), or None once the peer has gone."""
+    try:
+        return _recv_request(sock)
+    except (EOFError, ConnectionError):
+        return None
+
+
+def _recv_request(sock):
     first, fds, _, _ = socket.recv_fds(sock, 65536, 3)
     if not first:
         for fd in fds:
@@ -105,6 +112,26 @@ def send_request(sock, cfg, fds):
         sock.sendall(msg[sent:])
 
 
+def fork_connected(child):
+    """Forks a child that talks to this process over a socketpair: the
+    child runs child(its end), which must not return.  Returns (pid, this
+    process's end)."""
+    from piston import _fork_server
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    _fork_server.flush_std()
+    try:
+        pid = os.fork()
+    except BaseException:
+        mine.close()
+        theirs.close()
+        raise
+    if pid == 0:
+        mine.close()
+        child(theirs)
+    theirs.close()
+    return pid, mine
+
+
 def _fork_spare(events, *inherited):
     """Forks a fork server that waits for its pool: forked ahead, so a
     pool's request only hands it the pool's fds, with no fork (nor the
@@ -112,18 +139,13 @@ def _fork_spare(events, *inherited):
     first worker ahead too (a standby, see _fork_server).  Returns (pid,
     socket); closing the socket lets an unused spare exit."""
     from piston import _fork_server
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    _fork_server.flush_std()
-    pid = os.fork()
-    if pid == 0:
-        for s in (mine,) + inherited:
+
+    def spare(theirs):
+        for s in inherited:
             s.close()
         events.close()
         standby = _fork_server.fork_standby(None, theirs.close)
-        try:
-            req = recv_request(theirs)
-        except (EOFError, ConnectionError):
-            req = None
+        req = recv_request(theirs)
         theirs.close()
         if req is None:
             if standby is not None:
@@ -134,8 +156,8 @@ def _fork_spare(events, *inherited):
         run_and_exit(_fork_server.serve, fd, cmd_r, death_r, cfg["init"],
                      cfg["max_tasks"], cfg["threshold"], cfg["budget"],
                      standby)
-    theirs.close()
-    return pid, mine
+
+    return fork_connected(spare)
 
 
 # How long a helper (the zygote, a fork server) waits after a request
@@ -159,10 +181,7 @@ def _serve(sock):
             if spare is None:
                 spare = _fork_spare(events, sock)
             continue
-        try:
-            req = recv_request(sock)
-        except (EOFError, ConnectionError):
-            req = None
+        req = recv_request(sock)
         if req is None:
             if spare is not None:
                 spare[1].close()
